@@ -1,0 +1,211 @@
+"""The `fmnist` command: a thin shell over the package's functions.
+
+    fmnist data [--data-dir DIR] [--download] [--grid samples.png]
+    fmnist models
+    fmnist train [--model baseline] [--epochs 10] [--seed 0] [--run-dir runs/baseline] ...
+    fmnist evaluate RUN [--images FILE --labels FILE --output DIR]
+    fmnist predict RUN FILE... [--json] [--top 3]
+
+Keras (and its backend) is imported only by the commands that need it, after `--backend`
+has been applied, so `--help` and `fmnist data` start quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sys
+import types
+import typing
+from pathlib import Path
+
+from fmnist.config import TrainConfig, field_types
+
+EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, defaulting to None so that only given flags override."""
+    group = parser.add_argument_group("training config (defaults are the spec's)")
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        kind = field_types()[field.name]
+        if isinstance(kind, types.UnionType):  # `int | None`: the flag takes the non-None type
+            kind = next(option for option in typing.get_args(kind) if option is not type(None))
+        help_text = f"{field.metadata['help']} (default: {field.default})"
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(flag, type=kind, default=None, metavar=field.name.upper(), help=help_text)
+
+
+def resolve_config(arguments: argparse.Namespace) -> TrainConfig:
+    base = TrainConfig.load(Path(arguments.config)) if arguments.config else TrainConfig()
+    overrides = {field.name: getattr(arguments, field.name) for field in dataclasses.fields(TrainConfig)}
+    return dataclasses.replace(base, **{key: value for key, value in overrides.items() if value is not None})
+
+
+def command_train(arguments: argparse.Namespace) -> int:
+    from fmnist.train import train
+
+    config = resolve_config(arguments)
+    run_dir = Path(arguments.run_dir or f"runs/{config.model}")
+    print(f"training {config.model} into {run_dir}", flush=True)
+    metrics = train(config, run_dir, data_dir=arguments.data_dir)
+    print(
+        f"test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f}, "
+        f"validation accuracy {metrics['val_accuracy']:.4f}, {metrics['train_seconds']:.1f} s of training\n"
+        f"run directory: {run_dir} (report: {run_dir / 'report.md'})"
+    )
+    return 0
+
+
+def load_array_file(path: str):
+    from fmnist.data import parse_idx, read_bytes
+
+    if path.endswith(".npy"):
+        import numpy as np
+
+        return np.load(path, allow_pickle=False)
+    return parse_idx(read_bytes(Path(path)), path)
+
+
+def command_evaluate(arguments: argparse.Namespace) -> int:
+    from fmnist.evaluate import evaluate_run
+    from fmnist.images import array_to_images
+
+    if (arguments.images is None) != (arguments.labels is None):
+        raise ValueError("--images and --labels go together")
+    if arguments.images:
+        images = array_to_images(load_array_file(arguments.images), arguments.images)
+        labels = load_array_file(arguments.labels).astype("int64").ravel()
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        output = Path(arguments.output or Path(arguments.run) / "evaluations" / Path(arguments.images).name.split(".")[0])
+        results = evaluate_run(arguments.run, images, labels, output_dir=output)
+    else:
+        output = Path(arguments.run)
+        results = evaluate_run(arguments.run, data_dir=arguments.data_dir)
+    print(f"accuracy {results.accuracy:.4f}, loss {results.loss:.4f} on {len(results.labels):,} images; written to {output}")
+    return 0
+
+
+def command_predict(arguments: argparse.Namespace) -> int:
+    from fmnist.predict import Predictor
+
+    entries = Predictor.from_run(arguments.run, top_k=arguments.top).predict_files(arguments.files)
+    if arguments.json:
+        print(json.dumps(entries, indent=2))
+    for entry in entries:
+        label = entry["path"] + (f"[{entry['index']}]" if "index" in entry else "")
+        if "error" in entry:
+            print(f"error: {entry['error']}", file=sys.stderr)
+        elif not arguments.json:
+            ranked = ", ".join(f"{top['class_name']} {top['probability']:.3f}" for top in entry["top"])
+            print(f"{label}: {entry['class_name']}  ({ranked})")
+    return EXIT_ERROR if any("error" in entry for entry in entries) else 0
+
+
+def command_data(arguments: argparse.Namespace) -> int:
+    from fmnist import data
+
+    if arguments.download:
+        from fmnist.download import download_all
+
+        download_all(Path(arguments.data_dir) if arguments.data_dir else data.cache_dir(), replace_bad=True)
+    dataset = data.load_dataset(arguments.data_dir or (data.cache_dir() if arguments.download else None))
+    print(f"Fashion-MNIST in {dataset.directory}: all four files verified")
+    for name, checksum in dataset.checksums.items():
+        print(f"  {name:30s} sha256 {checksum} OK")
+    train_counts, test_counts = data.class_counts(dataset.y_train), data.class_counts(dataset.y_test)
+    print(f"\n  {'class':13s} {'train':>6s} {'test':>6s}")
+    for index, name in enumerate(dataset.class_names):
+        print(f"  {f'{index} {name}':13s} {train_counts[index]:6d} {test_counts[index]:6d}")
+    print(f"  {'total':13s} {train_counts.sum():6d} {test_counts.sum():6d}")
+    if arguments.grid:
+        from fmnist import plots, runs
+
+        figure = plots.sample_grid(dataset.x_train, dataset.y_train, list(dataset.class_names))
+        runs.save_figure(figure, Path(arguments.grid))
+        print(f"\nsample grid written to {arguments.grid}")
+    return 0
+
+
+def command_models(arguments: argparse.Namespace) -> int:
+    from fmnist.models import DESCRIPTIONS, build_model
+
+    for name, description in DESCRIPTIONS.items():
+        print(f"{name:12s} {build_model(name).count_params():>10,d} parameters  {description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fmnist", description="Train, evaluate and use Fashion-MNIST classifiers.")
+    parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"),
+                        help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data_parser = commands.add_parser("data", help="locate, verify and describe the dataset")
+    data_parser.add_argument("--data-dir", help="directory with the four IDX files (default: search, then download)")
+    data_parser.add_argument("--download", action="store_true",
+                             help="download missing or bad files (into --data-dir, else the user cache)")
+    data_parser.add_argument("--grid", metavar="PNG", help="write a grid of sample images per class")
+    data_parser.set_defaults(handler=command_data)
+
+    commands.add_parser("models", help="list the registered architectures").set_defaults(handler=command_models)
+
+    train_parser = commands.add_parser("train", help="train a model, evaluate it and write its run directory")
+    train_parser.add_argument("--run-dir", help="where the run goes; an interrupted run there is resumed (default: runs/MODEL)")
+    train_parser.add_argument("--config", help="a config.json to start from (flags override it)")
+    train_parser.add_argument("--data-dir", help="directory with the four IDX files")
+    add_config_flags(train_parser)
+    train_parser.set_defaults(handler=command_train)
+
+    evaluate_parser = commands.add_parser("evaluate", help="re-evaluate a run on the test set or on given data")
+    evaluate_parser.add_argument("run", help="run directory")
+    evaluate_parser.add_argument("--images", help="images as .npy or IDX (default: the test set)")
+    evaluate_parser.add_argument("--labels", help="labels as .npy or IDX, with --images")
+    evaluate_parser.add_argument("--output", help="where results on --images go (default: RUN/evaluations/NAME)")
+    evaluate_parser.add_argument("--data-dir", help="directory with the four IDX files")
+    evaluate_parser.set_defaults(handler=command_evaluate)
+
+    predict_parser = commands.add_parser("predict", help="classify image files (PNG, JPEG, ...), .npy or IDX arrays")
+    predict_parser.add_argument("run", help="run directory")
+    predict_parser.add_argument("files", nargs="+", metavar="FILE")
+    predict_parser.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
+    predict_parser.add_argument("--top", type=int, default=3, help="how many classes to show (default: 3)")
+    predict_parser.set_defaults(handler=command_predict)
+    return parser
+
+
+def _interrupt_on_sigterm(signal_number, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    if arguments.backend:
+        os.environ["KERAS_BACKEND"] = arguments.backend
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ log chatter hides the output; real errors still raise
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)  # `kill` stops as cleanly as Ctrl-C
+
+    from fmnist.data import DataError
+    from fmnist.images import ImageError
+    from fmnist.runs import RunError
+
+    try:
+        return arguments.handler(arguments)
+    except (DataError, RunError, ImageError, ValueError) as error:
+        print(f"fmnist: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        where = f" Run the same command again to resume it." if arguments.command == "train" else ""
+        print(f"\nfmnist: interrupted.{where}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The one typed configuration of a training run, saved as config.json in its run directory.
+
+    from fmnist.config import TrainConfig
+    config = TrainConfig(epochs=3, seed=1)
+    TrainConfig.from_dict(config.to_dict()) == config   # True; unknown keys raise ValueError
+
+Every field is a `fmnist train` flag (`--batch-size`, `--no-deterministic`, ...): the CLI
+builds its options from the fields below, so a knob cannot exist in one place only.
+The defaults are the spec's: Adam at 1e-3, batch 32, 10 epochs, 10% held out for validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+
+
+def _field(default, help: str):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    model: str = _field("baseline", "architecture from the model registry (`fmnist models` lists them)")
+    epochs: int = _field(10, "passes over the training split")
+    batch_size: int = _field(32, "images per optimisation step")
+    learning_rate: float = _field(1e-3, "Adam's step size")
+    validation_fraction: float = _field(0.1, "share of the training set held out for validation, stratified")
+    split_seed: int = _field(0, "seed of the train/validation split; kept apart from --seed so that runs "
+                                "with different seeds are judged on the same validation images")
+    seed: int = _field(0, "seed of weight initialisation and of the order of the images in each epoch")
+    deterministic: bool = _field(True, "bit-for-bit repeatable runs (TensorFlow op determinism)")
+    train_subset: int | None = _field(None, "train on only this many training images (stratified); for quick trials")
+
+    def __post_init__(self):
+        problems = []
+        if self.epochs < 1:
+            problems.append(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be at least 1, got {self.batch_size}")
+        if not self.learning_rate > 0:
+            problems.append(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0 < self.validation_fraction < 1:
+            problems.append(f"validation_fraction must be between 0 and 1, got {self.validation_fraction}")
+        if self.train_subset is not None and self.train_subset < 100:
+            problems.append(f"train_subset must be at least 100 images, got {self.train_subset}")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; known keys are {sorted(known)}")
+        for name, value in values.items():
+            expected = field_types()[name]
+            if not _matches(value, expected):
+                raise ValueError(f"config key {name!r}: {value!r} is not of type {expected}")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+
+
+def field_types() -> dict[str, object]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _matches(value, expected) -> bool:
+    if isinstance(expected, types.UnionType):
+        return any(_matches(value, option) for option in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)

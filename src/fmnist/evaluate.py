@@ -1,0 +1,158 @@
+"""Evaluate a model once and derive every view (metrics, confusion matrix, per-class report).
+
+    from fmnist.evaluate import evaluate_run
+    results = evaluate_run("runs/baseline")          # the test set; rewrites the run's report
+    results.accuracy, results.confusion_matrix()
+
+`ClassificationResults` holds logits, labels and class names; probabilities, predictions and
+per-image losses are computed once from them, and the views are cheap methods
+(fastai's ClassificationInterpretation, scikit-learn's conventions: rows = true class).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import numpy as np
+from sklearn import metrics as sk_metrics
+
+from fmnist import plots, runs
+
+PREDICT_BATCH_SIZE = 1024
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exponentials = np.exp(shifted)
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+def predict_logits(model, images: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE) -> np.ndarray:
+    """Logits (n, classes) for uint8 images (n, 28, 28), in batches, without Keras' predict loop."""
+    batches = [
+        np.asarray(model(images[start : start + batch_size], training=False), dtype=np.float64)
+        for start in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(batches) if batches else np.zeros((0, model.output_shape[-1]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationResults:
+    logits: np.ndarray  # (n, classes) float64
+    labels: np.ndarray  # (n,) true class indices
+    class_names: tuple[str, ...]
+
+    @functools.cached_property
+    def probabilities(self) -> np.ndarray:  # (n, classes), rows sum to 1
+        return softmax(self.logits)
+
+    @functools.cached_property
+    def predictions(self) -> np.ndarray:  # (n,) argmax of the probabilities
+        return self.probabilities.argmax(axis=1)
+
+    @functools.cached_property
+    def losses(self) -> np.ndarray:  # (n,) cross-entropy of each image, from the logits
+        shifted = self.logits - self.logits.max(axis=1, keepdims=True)
+        log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return -log_probabilities[np.arange(len(self.labels)), self.labels]
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean(self.predictions == self.labels))
+
+    @property
+    def loss(self) -> float:
+        return float(self.losses.mean())
+
+    def confusion_matrix(self, normalize: str | None = None) -> np.ndarray:
+        """Rows = true class, columns = predicted; normalize="true" puts recall on the diagonal."""
+        return sk_metrics.confusion_matrix(
+            self.labels, self.predictions, labels=range(len(self.class_names)), normalize=normalize
+        )
+
+    def classification_report(self, as_dict: bool = False):
+        return sk_metrics.classification_report(
+            self.labels, self.predictions, labels=range(len(self.class_names)),
+            target_names=list(self.class_names), digits=4, output_dict=as_dict, zero_division=0,
+        )  # fmt: skip
+
+    def summary(self, prefix: str) -> dict[str, float]:
+        return {f"{prefix}_accuracy": self.accuracy, f"{prefix}_loss": self.loss}
+
+
+def evaluate_model(model, images: np.ndarray, labels: np.ndarray, class_names) -> ClassificationResults:
+    return ClassificationResults(predict_logits(model, images), np.asarray(labels, dtype=np.int64), tuple(class_names))
+
+
+def write_results(results: ClassificationResults, output_dir: Path, title: str) -> None:
+    """Confusion matrices (CSV + PNG) and the per-class report, into `output_dir`."""
+    names = list(results.class_names)
+    header = "true\\predicted," + ",".join(names) + "\n"
+    for normalize, name, number_format in ((None, "confusion_matrix", "{:d}"), ("true", "confusion_matrix_normalized", "{:.4f}")):
+        matrix = results.confusion_matrix(normalize)
+        rows = [f"{names[i]}," + ",".join(number_format.format(value) for value in row) for i, row in enumerate(matrix)]
+        runs.write_text(output_dir / f"{name}.csv", header + "\n".join(rows) + "\n")
+    figure = plots.confusion_matrices(results.confusion_matrix(), names, title)
+    runs.save_figure(figure, output_dir / "confusion_matrix.png")
+    runs.write_text(output_dir / "classification_report.txt", results.classification_report())
+    runs.write_json(output_dir / "classification_report.json", results.classification_report(as_dict=True))
+
+
+def write_report_markdown(run_dir: Path, metrics: dict, results: ClassificationResults) -> None:
+    report = results.classification_report(as_dict=True)
+    lines = [
+        f"# Run `{Path(run_dir).resolve().name}`: model `{metrics['model']}`",
+        "",
+        f"- Test accuracy: **{metrics['test_accuracy']:.4f}** (loss {metrics['test_loss']:.4f}) "
+        f"on {len(results.labels):,} images",
+        f"- Validation accuracy: {metrics['val_accuracy']:.4f} (loss {metrics['val_loss']:.4f})",
+        f"- {metrics['num_parameters']:,} parameters, {metrics['epochs']} epochs, "
+        f"{metrics['train_seconds']:.1f} s of training ({metrics['images_per_second']:,.0f} images/s)",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    for name in results.class_names:
+        row = report[name]
+        lines.append(f"| {name} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1-score']:.4f} | {row['support']:.0f} |")
+    matrix = results.confusion_matrix()
+    off_diagonal = [(matrix[i, j], i, j) for i in range(len(matrix)) for j in range(len(matrix)) if i != j]
+    lines += ["", "Most confused (true -> predicted: count):", ""]
+    lines += [f"- {results.class_names[i]} -> {results.class_names[j]}: {count}" for count, i, j in sorted(off_diagonal, reverse=True)[:5]]
+    lines += ["", "![confusion matrix](confusion_matrix.png)", "", "![training curves](training_curves.png)", ""]
+    runs.write_text(Path(run_dir) / "report.md", "\n".join(lines))
+
+
+def write_run_evaluation(run_dir: Path, metrics: dict, results: ClassificationResults) -> dict:
+    """Write a run's test-set views and report; metrics.json last, since it marks the run complete."""
+    metrics = {**metrics, **results.summary("test")}
+    write_results(results, run_dir, f"{metrics['model']}: test accuracy {results.accuracy:.4f}")
+    write_report_markdown(run_dir, metrics, results)
+    runs.write_json(run_dir / runs.METRICS, metrics)
+    return metrics
+
+
+def evaluate_run(run_dir: Path, images: np.ndarray | None = None, labels: np.ndarray | None = None,
+                 output_dir: Path | None = None, data_dir: Path | None = None) -> ClassificationResults:
+    """Evaluate a finished run on the test set (default) or on the given images and labels.
+
+    On the test set the run's metrics, confusion matrix and report are rewritten in place; on
+    other data the results go to `output_dir` (required then) and the run is left as it was.
+    """
+    run_dir = runs.require_run(run_dir)
+    model, class_names = runs.load_model(run_dir), runs.load_class_names(run_dir)
+    if images is None:
+        from fmnist.data import load_dataset
+
+        dataset = load_dataset(data_dir)
+        results = evaluate_model(model, dataset.x_test, dataset.y_test, class_names)
+        write_run_evaluation(run_dir, runs.read_json(run_dir / runs.METRICS), results)
+        return results
+    if output_dir is None:
+        raise ValueError("evaluating on other data needs an output directory")
+    results = evaluate_model(model, images, labels, class_names)
+    write_results(results, Path(output_dir), f"accuracy {results.accuracy:.4f} on {len(labels):,} images")
+    runs.write_json(Path(output_dir) / runs.METRICS, results.summary("eval") | {"num_images": len(labels)})
+    return results

@@ -1,0 +1,143 @@
+"""Turn users' image files into 28x28 uint8 arrays like Fashion-MNIST's own.
+
+    from fmnist.images import load_images
+    arrays = load_images("shirt.jpg")     # (1, 28, 28) uint8, light item on black
+    arrays = load_images("batch.npy")     # (n, 28, 28) from a NumPy or IDX array file
+
+Photos follow the Fashion-MNIST paper's conversion of Zalando's product photos (dark item on a
+light background): trim the background border, scale the longest edge to 28, sharpen, centre
+on a 28x28 canvas, negate so the item is light on black, 8-bit grayscale. Images that already
+have a dark background (e.g. dataset images saved as PNG) are not negated, and a 28x28 one is
+taken as it is. Transparency is flattened onto white, 16-bit and float images are scaled to
+8 bits, and EXIF orientation is applied.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+SIZE = 28
+MAX_PIXELS = 40_000_000  # larger images are refused as possible decompression bombs
+_BACKGROUND_TOLERANCE = 30  # grey levels from the border's median that still count as background
+
+
+class ImageError(ValueError):
+    """An input file is not an image (or array) that can be classified; the message says why."""
+
+
+def open_image(source: bytes | str | Path, name: str) -> Image.Image:
+    """Decode an image fully (so truncation shows now), refusing decompression bombs."""
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(stream)
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(f"{name}: {width}x{height} pixels is over the limit of {MAX_PIXELS:,}; downscale it first")
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"{name}: refused as a possible decompression bomb ({error})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image format Pillow can read (PNG, JPEG, GIF, BMP, TIFF, WebP...)") from None
+    except FileNotFoundError:
+        raise ImageError(f"{name}: no such file") from None
+    except (OSError, SyntaxError, ValueError) as error:  # Pillow's words for truncated or corrupt data
+        raise ImageError(f"{name}: the image data is truncated or corrupt ({error})") from None
+    return image
+
+
+def to_grayscale(image: Image.Image) -> np.ndarray:
+    """8-bit grayscale array of any Pillow image: EXIF orientation, alpha onto white, 16-bit and float scaled."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 1.0 if values.max(initial=0) <= 1.0 else (255.0 if values.max() <= 255 else 65535.0)
+        return np.clip(np.rint(values / top * 255), 0, 255).astype(np.uint8)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
+def fashion_mnist_style(gray: np.ndarray, name: str = "image") -> np.ndarray:
+    """Trim, scale the longest edge to 28, centre, and make the item light on black."""
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if np.median(border) > 127:  # a light background: a product photo or a drawing; negate like the dataset
+        gray = 255 - gray
+        border = 255 - border
+    if gray.shape == (SIZE, SIZE):
+        return gray  # already the dataset's geometry (e.g. a test image saved as PNG)
+    background = int(np.median(border))
+    foreground = np.abs(gray.astype(np.int16) - background) > _BACKGROUND_TOLERANCE
+    if not foreground.any():
+        raise ImageError(f"{name}: the image is blank (no item stands out from the background)")
+    rows, columns = np.flatnonzero(foreground.any(axis=1)), np.flatnonzero(foreground.any(axis=0))
+    item = Image.fromarray(gray[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1])
+    scale = SIZE / max(item.size)
+    new_size = (max(1, round(item.width * scale)), max(1, round(item.height * scale)))
+    item = item.resize(new_size, Image.Resampling.LANCZOS).filter(ImageFilter.UnsharpMask(radius=1, percent=50, threshold=2))
+    canvas = Image.new("L", (SIZE, SIZE), 0)
+    canvas.paste(item, ((SIZE - item.width) // 2, (SIZE - item.height) // 2))
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def from_image_bytes(source: bytes | str | Path, name: str) -> np.ndarray:
+    """(28, 28) uint8 model input from an encoded image (file path or bytes)."""
+    return fashion_mnist_style(to_grayscale(open_image(source, name)), name)
+
+
+def array_to_images(array: np.ndarray, name: str) -> np.ndarray:
+    """Validate a (28, 28) or (n, 28, 28) array and return it as uint8 (n, 28, 28)."""
+    if array.ndim == 2:
+        array = array[np.newaxis]
+    if array.ndim != 3 or array.shape[1:] != (SIZE, SIZE):
+        raise ImageError(f"{name}: array of shape {array.shape}; expected (28, 28) or (n, 28, 28)")
+    if array.dtype == np.uint8:
+        return array
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise ImageError(f"{name}: array of dtype {array.dtype}; expected numbers")
+    if not np.isfinite(array).all():
+        raise ImageError(f"{name}: the array holds NaN or infinite values")
+    if array.min(initial=0) < 0 or array.max(initial=0) > 255:
+        raise ImageError(f"{name}: values from {array.min()} to {array.max()}; expected 0-255 (or 0-1 floats)")
+    if np.issubdtype(array.dtype, np.floating) and array.max(initial=0) <= 1.0:
+        array = array * 255  # floats in [0, 1], the spec's scaled form
+    return np.rint(array).astype(np.uint8)
+
+
+def load_images(path: str | Path) -> np.ndarray:
+    """(n, 28, 28) uint8 from an image file, a .npy file, or an IDX file (.gz or not)."""
+    path = Path(path)
+    name = str(path)
+    if not path.is_file():
+        raise ImageError(f"{name}: no such file")
+    if path.suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise ImageError(f"{name}: not a readable .npy array ({error})") from None
+        return array_to_images(array, name)
+    if is_idx(path):
+        from fmnist.data import DataError, parse_idx, read_bytes
+
+        try:
+            return array_to_images(parse_idx(read_bytes(path), name), name)
+        except DataError as error:
+            raise ImageError(str(error)) from None
+    return from_image_bytes(path, name)[np.newaxis]
+
+
+def is_idx(path: Path) -> bool:
+    """IDX files are told by name (as distributed) or by their magic number for unsigned bytes."""
+    if "idx" in path.name:
+        return True
+    with open(path, "rb") as file:
+        head = file.read(4)
+    return len(head) == 4 and head[:3] == b"\x00\x00\x08" and 1 <= head[3] <= 3

@@ -1,0 +1,62 @@
+"""Classify users' files with a trained run.
+
+    from fmnist.predict import Predictor
+    predictor = Predictor.from_run("runs/baseline")
+    predictor.predict_files(["shirt.png", "batch.npy"])
+    # [{"path": "shirt.png", "class_index": 6, "class_name": "Shirt", "top": [...]}, ...]
+
+A file that cannot be read yields {"path": ..., "error": ...} and the others are still
+classified. Array files with several images yield one entry per image, with its "index".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from fmnist import runs
+from fmnist.evaluate import predict_logits, softmax
+from fmnist.images import ImageError, load_images
+
+
+@dataclasses.dataclass
+class Predictor:
+    model: object
+    class_names: list[str]
+    top_k: int = 3
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, top_k: int = 3) -> Predictor:
+        return cls(runs.load_model(run_dir), runs.load_class_names(run_dir), top_k)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(n, classes) softmax probabilities for uint8 images (n, 28, 28)."""
+        return softmax(predict_logits(self.model, images))
+
+    def describe(self, probabilities: np.ndarray) -> dict:
+        """The top classes of one image's probabilities, most likely first."""
+        ranked = np.argsort(-probabilities, kind="stable")[: self.top_k]
+        return {
+            "class_index": int(ranked[0]),
+            "class_name": self.class_names[ranked[0]],
+            "top": [{"class_name": self.class_names[i], "probability": float(probabilities[i])} for i in ranked],
+        }
+
+    def predict_files(self, paths: list[str | Path]) -> list[dict]:
+        entries, batches = [], []
+        for path in paths:
+            try:
+                images = load_images(path)
+            except ImageError as error:
+                entries.append({"path": str(path), "error": str(error)})
+                continue
+            for index in range(len(images)):
+                entry = {"path": str(path)} | ({"index": index} if len(images) > 1 else {})
+                entries.append(entry)
+            batches.append(images)
+        if not batches:
+            return entries
+        probabilities = iter(self.probabilities(np.concatenate(batches)))
+        return [entry if "error" in entry else entry | self.describe(next(probabilities)) for entry in entries]

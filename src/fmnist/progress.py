@@ -1,0 +1,40 @@
+"""Training progress: Keras' progress bar on a terminal, one line per epoch otherwise (logs, CI).
+
+    progress = EpochProgress(epochs=10, steps_per_epoch=1688, interactive=sys.stdout.isatty())
+    progress.start(epoch); model.fit(..., verbose=0, callbacks=[progress]); progress.finish(row)
+
+`train` runs one `fit` per epoch (so that the shuffle order depends on the epoch number
+alone), which would make Keras' own logger print "Epoch 1/1" every time; this callback
+numbers the epochs of the whole run instead.
+"""
+
+from __future__ import annotations
+
+import keras
+
+_SHOWN = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+class EpochProgress(keras.callbacks.Callback):
+    def __init__(self, epochs: int, steps_per_epoch: int, interactive: bool, log=print):
+        super().__init__()
+        self.epochs, self.steps_per_epoch, self.interactive, self.log = epochs, steps_per_epoch, interactive, log
+        self.epoch, self.bar = 0, None
+
+    def start(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.interactive:
+            print(f"Epoch {epoch + 1}/{self.epochs}")
+            self.bar = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=_SHOWN)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.bar is not None:
+            self.bar.update(batch + 1, [(key, float(value)) for key, value in (logs or {}).items() if key in _SHOWN])
+
+    def finish(self, row: dict) -> None:
+        values = [(key, row[key]) for key in _SHOWN if key in row]
+        if self.bar is not None:
+            self.bar.update(self.steps_per_epoch, values, finalize=True)
+        else:
+            shown = " - ".join(f"{key}: {value:.4f}" for key, value in values)
+            self.log(f"epoch {self.epoch + 1}/{self.epochs} - {row['seconds']:.1f}s - {shown}", flush=True)

@@ -1,0 +1,144 @@
+"""The run directory: what one training run leaves behind, written atomically, read back alone.
+
+    run/
+      config.json            resolved TrainConfig
+      class_names.json       index -> class name
+      run_info.json          data source and checksums, library versions, backend, timings
+      history.csv            one row per completed epoch
+      model.keras            the trained model (takes raw uint8 (batch, 28, 28) images)
+      metrics.json           final figures; its presence marks the run as complete
+      confusion_matrix.csv / confusion_matrix_normalized.csv / confusion_matrix.png
+      classification_report.txt / .json, training_curves.png, report.md
+      checkpoint/            last completed epoch while training; removed when the run completes
+
+Every file is written to a temporary name in the same folder and renamed into place, so a
+killed process leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+CONFIG = "config.json"
+CLASS_NAMES = "class_names.json"
+RUN_INFO = "run_info.json"
+HISTORY = "history.csv"
+MODEL = "model.keras"
+METRICS = "metrics.json"
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_STATE = "state.json"
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class RunError(Exception):
+    """A run directory is missing, incomplete or belongs to another configuration."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (same suffix); rename it over `path` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(handle)
+    os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; finished files get the usual permissions
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
+
+
+def write_json(path: Path, value) -> None:
+    write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path} is missing") from None
+    except json.JSONDecodeError as error:
+        raise RunError(f"{path} is not valid JSON ({error})") from None
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def read_csv(path: Path) -> list[dict]:
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as file:
+        return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(file)]
+
+
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def save_model(model, path: Path) -> None:
+    with atomic_path(path) as temporary:  # Keras insists on the .keras suffix, which atomic_path keeps
+        model.save(temporary)
+
+
+def save_figure(figure, path: Path) -> None:
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=110, bbox_inches="tight")
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Remove temporaries left by a process killed mid-write (SIGKILL skips the cleanup)."""
+    for stale in Path(directory).rglob(".*.tmp*"):
+        stale.unlink(missing_ok=True)
+
+
+def require_run(run_dir: Path) -> Path:
+    """Check that `run_dir` is a finished run; return it as a Path."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).exists():
+        raise RunError(f"{run_dir} is not a run directory (no {CONFIG}); train one with `fmnist train --run-dir {run_dir}`")
+    if not (run_dir / METRICS).exists() or not (run_dir / MODEL).exists():
+        raise RunError(
+            f"{run_dir} is not finished (no {METRICS} or {MODEL}): its training was interrupted; "
+            f"run the same `fmnist train --run-dir {run_dir}` command again to resume it"
+        )
+    return run_dir
+
+
+def load_class_names(run_dir: Path) -> list[str]:
+    return read_json(Path(run_dir) / CLASS_NAMES)
+
+
+def load_model(run_dir: Path):
+    import keras
+
+    path = require_run(run_dir) / MODEL
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many kinds for a damaged archive
+        raise RunError(f"{path} cannot be loaded ({type(error).__name__}: {error}); retrain the run") from None

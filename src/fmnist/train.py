@@ -1,0 +1,199 @@
+"""Train a model from a TrainConfig into a run directory, resuming if it was interrupted.
+
+    from fmnist.config import TrainConfig
+    from fmnist.train import train
+    metrics = train(TrainConfig(epochs=10), "runs/baseline")   # the spec's baseline
+    metrics["test_accuracy"]
+
+Each epoch is one `fit` call over the training split in an order drawn from (seed, epoch).
+After it, the model with its optimizer state is checkpointed atomically; running the same
+command again picks up after the last completed epoch, and because the epoch order does not
+depend on how many epochs ran in this process, the result is the one an uninterrupted run
+gives. The test set is evaluated once, after the last epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from fmnist import evaluate, plots, runs
+from fmnist.config import TrainConfig
+from fmnist.data import Dataset, load_dataset
+from fmnist.progress import EpochProgress
+
+
+def split_indices(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded (train, validation) indices into the training set."""
+    indices = np.arange(len(labels))
+    if config.train_subset is not None and config.train_subset < len(labels):
+        indices, _ = train_test_split(
+            indices, train_size=config.train_subset, stratify=labels, random_state=config.split_seed
+        )
+    train_indices, validation_indices = train_test_split(
+        indices, test_size=config.validation_fraction, stratify=labels[indices], random_state=config.split_seed
+    )
+    return np.sort(train_indices), np.sort(validation_indices)
+
+
+def epoch_order(config: TrainConfig, epoch: int, size: int) -> np.ndarray:
+    """The shuffle of one epoch: a function of (seed, epoch) only, so resuming replays it exactly."""
+    return np.random.default_rng([config.seed, epoch]).permutation(size)
+
+
+def seed_everything(config: TrainConfig) -> None:
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def build_and_compile(config: TrainConfig, num_classes: int):
+    import keras
+
+    from fmnist.models import build_model
+
+    model = build_model(config.model, num_classes)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def check_same_config(run_dir: Path, config: TrainConfig) -> None:
+    saved = TrainConfig.load(run_dir / runs.CONFIG)
+    if saved != config:
+        changed = {key: (value, getattr(config, key)) for key, value in saved.to_dict().items() if getattr(config, key) != value}
+        details = ", ".join(f"{key}: {old!r} in the run, {new!r} now" for key, (old, new) in changed.items())
+        raise runs.RunError(
+            f"{run_dir} holds a run with another config ({details}); "
+            "repeat the original options to resume it, or choose another --run-dir"
+        )
+
+
+def library_versions() -> dict[str, str]:
+    import keras
+    import sklearn
+
+    versions = {"python": platform.python_version(), "keras": keras.__version__, "numpy": np.__version__,
+                "scikit-learn": sklearn.__version__, "backend": keras.backend.backend()}
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        versions["tensorflow"] = tf.__version__
+    return versions
+
+
+def load_checkpoint(checkpoint_dir: Path):
+    """(model, state) after the last completed epoch, or (None, None) for a fresh start."""
+    import keras
+
+    state_path = checkpoint_dir / runs.CHECKPOINT_STATE
+    if not state_path.exists():
+        return None, None
+    state = runs.read_json(state_path)
+    model = keras.saving.load_model(checkpoint_dir / state["model_file"], compile=True)
+    return model, state
+
+
+def save_checkpoint(checkpoint_dir: Path, model, state: dict) -> None:
+    """The model file is new each epoch and state.json names it, so a kill between the two writes is harmless."""
+    model_file = f"epoch-{state['epochs_done']:04d}.keras"
+    runs.save_model(model, checkpoint_dir / model_file)
+    previous = checkpoint_dir / runs.CHECKPOINT_STATE
+    old_file = runs.read_json(previous)["model_file"] if previous.exists() else None
+    runs.write_json(previous, {**state, "model_file": model_file})
+    if old_file and old_file != model_file:
+        (checkpoint_dir / old_file).unlink(missing_ok=True)
+
+
+def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
+          data_dir: str | Path | None = None, log=print) -> dict:
+    """Train (or resume) the run in `run_dir` and evaluate it on the test set; return its metrics."""
+    run_dir = Path(run_dir)
+    if (run_dir / runs.CONFIG).exists():
+        check_same_config(run_dir, config)
+        if (run_dir / runs.METRICS).exists() and (run_dir / runs.MODEL).exists():
+            log(f"{run_dir} is already complete; `fmnist evaluate {run_dir}` re-evaluates it")
+            return runs.read_json(run_dir / runs.METRICS)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runs.remove_stale_temporaries(run_dir)
+    data = data or load_dataset(data_dir)
+    runs.write_json(run_dir / runs.CONFIG, config.to_dict())
+    runs.write_json(run_dir / runs.CLASS_NAMES, list(data.class_names))
+
+    seed_everything(config)
+    train_indices, validation_indices = split_indices(data.y_train, config)
+    x_train, y_train = data.x_train[train_indices], data.y_train[train_indices]
+    validation = (data.x_train[validation_indices], data.y_train[validation_indices])
+
+    checkpoint_dir = run_dir / runs.CHECKPOINT_DIR
+    model, state = load_checkpoint(checkpoint_dir)
+    if model is None:
+        model = build_and_compile(config, len(data.class_names))
+        state = {"epochs_done": 0, "train_seconds": 0.0, "started": datetime.now(timezone.utc).isoformat()}
+    else:
+        log(f"resuming {run_dir} after epoch {state['epochs_done']} of {config.epochs}")
+    history = runs.read_csv(run_dir / runs.HISTORY)[: state["epochs_done"]]
+    steps_per_epoch = -(-len(x_train) // config.batch_size)
+    progress = EpochProgress(config.epochs, steps_per_epoch, interactive=sys.stdout.isatty(), log=log)
+
+    for epoch in range(state["epochs_done"], config.epochs):
+        order = epoch_order(config, epoch, len(x_train))
+        progress.start(epoch)
+        started = time.perf_counter()
+        result = model.fit(
+            x_train[order], y_train[order], batch_size=config.batch_size, epochs=1, shuffle=False,
+            validation_data=validation, validation_batch_size=evaluate.PREDICT_BATCH_SIZE,
+            verbose=0, callbacks=[progress],
+        )  # fmt: skip
+        seconds = time.perf_counter() - started
+        row = {"epoch": epoch + 1, **{key: float(values[-1]) for key, values in result.history.items()}, "seconds": round(seconds, 3)}
+        history.append(row)
+        progress.finish(row)
+        state = {**state, "epochs_done": epoch + 1, "train_seconds": state["train_seconds"] + seconds}
+        save_checkpoint(checkpoint_dir, model, state)
+        runs.write_csv(run_dir / runs.HISTORY, history)
+
+    return finish(run_dir, config, model, data, history, state, validation, len(x_train))
+
+
+def finish(run_dir: Path, config: TrainConfig, model, data: Dataset, history: list[dict],
+           state: dict, validation: tuple[np.ndarray, np.ndarray], num_train_images: int) -> dict:
+    """Save the final model, evaluate on validation and then, once, on the test set; write the report."""
+    runs.save_model(model, run_dir / runs.MODEL)
+    runs.save_figure(plots.training_curves(history), run_dir / "training_curves.png")
+    validation_results = evaluate.evaluate_model(model, *validation, data.class_names)
+    test_results = evaluate.evaluate_model(model, data.x_test, data.y_test, data.class_names)
+    metrics = {
+        "model": config.model,
+        "num_parameters": int(model.count_params()),
+        "epochs": config.epochs,
+        "num_train_images": num_train_images,
+        "num_validation_images": len(validation[1]),
+        "train_seconds": round(state["train_seconds"], 3),
+        "images_per_second": round(num_train_images * config.epochs / state["train_seconds"], 1),
+        **validation_results.summary("val"),
+    }
+    runs.write_json(run_dir / runs.RUN_INFO, {
+        "started": state["started"], "finished": datetime.now(timezone.utc).isoformat(),
+        "host": platform.node(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "versions": library_versions(), "data_directory": str(data.directory), "data_checksums": data.checksums,
+        "command": sys.argv,
+    })  # fmt: skip
+    metrics = evaluate.write_run_evaluation(run_dir, metrics, test_results)  # metrics.json last: marks completion
+    shutil.rmtree(run_dir / runs.CHECKPOINT_DIR, ignore_errors=True)
+    return metrics
