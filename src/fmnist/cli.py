@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import json
 import os
-import signal
 import sys
 import types
 import typing
@@ -181,29 +180,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupt_on_sigterm(signal_number, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     if arguments.backend:
         os.environ["KERAS_BACKEND"] = arguments.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ log chatter hides the output; real errors still raise
-    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)  # `kill` stops as cleanly as Ctrl-C
 
     from fmnist.data import DataError
     from fmnist.images import ImageError
-    from fmnist.runs import RunError
+    from fmnist.runs import RunError, TrainingInterrupted
 
     try:
         return arguments.handler(arguments)
     except (DataError, RunError, ImageError, ValueError) as error:
         print(f"fmnist: error: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except TrainingInterrupted as error:
+        print(f"\nfmnist: interrupted: {error}. Run the same command again to resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        where = f" Run the same command again to resume it." if arguments.command == "train" else ""
-        print(f"\nfmnist: interrupted.{where}", file=sys.stderr)
+        print("\nfmnist: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

@@ -44,6 +44,23 @@ class RunError(Exception):
     """A run directory is missing, incomplete or belongs to another configuration."""
 
 
+class TrainingInterrupted(Exception):
+    """Training stopped on request; the run directory holds the last completed epoch."""
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a run directory, so two trainings cannot write one run at once."""
+    import fcntl
+
+    with open(Path(run_dir) / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{run_dir} is being written by another `fmnist train`; wait for it or stop it first") from None
+        yield  # the lock goes with the file handle, also when the process is killed
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` (same suffix); rename it over `path` on success."""

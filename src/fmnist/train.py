@@ -28,6 +28,7 @@ from sklearn.model_selection import train_test_split
 from fmnist import evaluate, plots, runs
 from fmnist.config import TrainConfig
 from fmnist.data import Dataset, load_dataset
+from fmnist.interrupts import GracefulStop
 from fmnist.progress import EpochProgress
 
 
@@ -130,8 +131,12 @@ def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
             log(f"{run_dir} is already complete; `fmnist evaluate {run_dir}` re-evaluates it")
             return runs.read_json(run_dir / runs.METRICS)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with runs.locked(run_dir):
+        return train_locked(config, run_dir, data or load_dataset(data_dir), log)
+
+
+def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log) -> dict:
     runs.remove_stale_temporaries(run_dir)
-    data = data or load_dataset(data_dir)
     runs.write_json(run_dir / runs.CONFIG, config.to_dict())
     runs.write_json(run_dir / runs.CLASS_NAMES, list(data.class_names))
 
@@ -155,11 +160,14 @@ def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
         order = epoch_order(config, epoch, len(x_train))
         progress.start(epoch)
         started = time.perf_counter()
-        result = model.fit(
-            x_train[order], y_train[order], batch_size=config.batch_size, epochs=1, shuffle=False,
-            validation_data=validation, validation_batch_size=evaluate.PREDICT_BATCH_SIZE,
-            verbose=0, callbacks=[progress],
-        )  # fmt: skip
+        with GracefulStop() as stop:
+            result = model.fit(
+                x_train[order], y_train[order], batch_size=config.batch_size, epochs=1, shuffle=False,
+                validation_data=validation, validation_batch_size=evaluate.PREDICT_BATCH_SIZE,
+                verbose=0, callbacks=[progress, stop],
+            )  # fmt: skip
+        if stop.requested:
+            raise runs.TrainingInterrupted(f"stopped during epoch {epoch + 1}, which is dropped; {run_dir} keeps epochs 1-{epoch}")
         seconds = time.perf_counter() - started
         row = {"epoch": epoch + 1, **{key: float(values[-1]) for key, values in result.history.items()}, "seconds": round(seconds, 3)}
         history.append(row)

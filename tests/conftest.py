@@ -1,0 +1,114 @@
+"""Shared fixtures: the real Fashion-MNIST files, small arrays made here, a loopback file server."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fmnist.data import DEBIAN_DATA_DIR, FILES, has_all_files, load_from
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    directory = Path(os.environ.get("FMNIST_TEST_DATA_DIR", DEBIAN_DATA_DIR))
+    if not has_all_files(directory):
+        pytest.fail(f"the real Fashion-MNIST files are not in {directory}: apt-get install dataset-fashion-mnist")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def dataset(real_data_dir):
+    return load_from(real_data_dir)
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
+    """Write a uint8 array as an IDX file, the way the dataset's files are laid out."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(size).to_bytes(4, "big") for size in array.shape)
+    raw = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+    return path
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch) -> Path:
+    """An empty user cache and no FMNIST_DATA_DIR, so that lookups start from nothing."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("FMNIST_DATA_DIR", raising=False)
+    return tmp_path / "cache" / "fmnist"
+
+
+class FileServer:
+    """A real HTTP server on 127.0.0.1 whose routes misbehave on request.
+
+    routes: URL path -> (behaviour, payload), behaviour one of "ok", "missing" (404),
+    "drop" (announce the full length, send half, close the connection).
+    """
+
+    def __init__(self):
+        self.routes: dict[str, tuple[str, bytes]] = {}
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                behaviour, payload = server.routes.get(self.path, ("missing", b""))
+                if behaviour == "missing":
+                    self.send_error(404, "Not Found")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if behaviour == "drop":
+                    self.wfile.write(payload[: len(payload) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                self.wfile.write(payload)
+
+            def log_message(self, *arguments):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, prefix: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_port}/{prefix}/"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def file_server():
+    server = FileServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def real_file_bytes(real_data_dir) -> dict[str, bytes]:
+    return {spec.name + ".gz": (real_data_dir / f"{spec.name}.gz").read_bytes() for spec in FILES.values()}
+
+
+def run_cli(*arguments: str, check: bool = True, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Run the real `fmnist` command in a subprocess, as a user would."""
+    script = Path(sys.executable).parent / "fmnist"  # the installed console script
+    command = [str(script) if script.exists() else sys.executable, *([] if script.exists() else ["-m", "fmnist.cli"]), *arguments]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
