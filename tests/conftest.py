@@ -104,10 +104,15 @@ def real_file_bytes(real_data_dir) -> dict[str, bytes]:
     return {spec.name + ".gz": (real_data_dir / f"{spec.name}.gz").read_bytes() for spec in FILES.values()}
 
 
+def cli_command(*arguments: str) -> list[str]:
+    """The installed `fmnist` console script beside this Python, with arguments."""
+    script = Path(sys.executable).parent / "fmnist"
+    return [str(script), *arguments] if script.exists() else [sys.executable, "-m", "fmnist.cli", *arguments]
+
+
 def run_cli(*arguments: str, check: bool = True, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """Run the real `fmnist` command in a subprocess, as a user would."""
-    script = Path(sys.executable).parent / "fmnist"  # the installed console script
-    command = [str(script) if script.exists() else sys.executable, *([] if script.exists() else ["-m", "fmnist.cli"]), *arguments]
+    command = cli_command(*arguments)
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"{command} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")

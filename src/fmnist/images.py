@@ -95,10 +95,9 @@ def from_image_bytes(source: bytes | str | Path, name: str) -> np.ndarray:
 
 def array_to_images(array: np.ndarray, name: str) -> np.ndarray:
     """Validate a (28, 28) or (n, 28, 28) array and return it as uint8 (n, 28, 28)."""
-    if array.ndim == 2:
-        array = array[np.newaxis]
-    if array.ndim != 3 or array.shape[1:] != (SIZE, SIZE):
+    if array.shape[-2:] != (SIZE, SIZE) or array.ndim not in (2, 3):
         raise ImageError(f"{name}: array of shape {array.shape}; expected (28, 28) or (n, 28, 28)")
+    array = array.reshape(-1, SIZE, SIZE)
     if array.dtype == np.uint8:
         return array
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):

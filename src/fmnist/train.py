@@ -167,7 +167,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log) -> dict
                 verbose=0, callbacks=[progress, stop],
             )  # fmt: skip
         if stop.requested:
-            raise runs.TrainingInterrupted(f"stopped during epoch {epoch + 1}, which is dropped; {run_dir} keeps epochs 1-{epoch}")
+            raise runs.TrainingInterrupted(f"stopped during epoch {epoch + 1}, which is dropped; {run_dir} keeps the {epoch} completed before it")
         seconds = time.perf_counter() - started
         row = {"epoch": epoch + 1, **{key: float(values[-1]) for key, values in result.history.items()}, "seconds": round(seconds, 3)}
         history.append(row)

@@ -1,0 +1,49 @@
+import dataclasses
+import json
+
+import pytest
+
+from fmnist.cli import build_parser, resolve_config
+from fmnist.config import TrainConfig
+
+
+def test_defaults_are_the_spec():
+    config = TrainConfig()
+    assert (config.model, config.epochs, config.batch_size, config.learning_rate, config.validation_fraction) == (
+        "baseline", 10, 32, 1e-3, 0.1,
+    )
+
+
+def test_round_trip_through_json(tmp_path):
+    config = TrainConfig(epochs=3, seed=7, train_subset=500)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config.to_dict()))
+    assert TrainConfig.load(path) == config
+
+
+def test_unknown_keys_are_an_error():
+    with pytest.raises(ValueError, match=r"unknown config keys \['epoch'\]"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"epochs": "3"}, "'epochs': '3' is not of type"),
+    ({"deterministic": 1}, "'deterministic'"),
+    ({"epochs": 0}, "epochs must be at least 1"),
+    ({"validation_fraction": 1.5}, "validation_fraction must be between 0 and 1"),
+    ({"learning_rate": -1.0}, "learning_rate must be positive"),
+])  # fmt: skip
+def test_bad_values_are_named(values, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict(values)
+
+
+def test_every_field_is_a_flag_and_flags_override_a_config_file(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TrainConfig(epochs=4, seed=3).to_dict()))
+    arguments = build_parser().parse_args(
+        ["train", "--config", str(path), "--seed", "5", "--no-deterministic", "--train-subset", "1000"]
+    )
+    assert resolve_config(arguments) == TrainConfig(epochs=4, seed=5, deterministic=False, train_subset=1000)
+    flags = {action.dest for action in build_parser()._subparsers._group_actions[0].choices["train"]._actions}
+    assert {field.name for field in dataclasses.fields(TrainConfig)} <= flags

@@ -1,0 +1,83 @@
+"""Training in-process on small slices of the real data: splits, run directory, resume guards."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fmnist import runs
+from fmnist.config import TrainConfig
+from fmnist.train import epoch_order, split_indices, train
+
+
+def test_split_is_stratified_seeded_and_disjoint(dataset):
+    config = TrainConfig()
+    train_indices, validation_indices = split_indices(dataset.y_train, config)
+    assert len(validation_indices) == 6000 and len(train_indices) == 54000
+    assert not set(train_indices) & set(validation_indices)
+    assert (np.bincount(dataset.y_train[validation_indices]) == 600).all()
+    again = split_indices(dataset.y_train, TrainConfig(seed=99))  # the model seed does not move the split
+    np.testing.assert_array_equal(again[1], validation_indices)
+    other = split_indices(dataset.y_train, TrainConfig(split_seed=1))
+    assert not np.array_equal(other[1], validation_indices)
+
+
+def test_subset_is_stratified(dataset):
+    train_indices, validation_indices = split_indices(dataset.y_train, TrainConfig(train_subset=2000))
+    assert len(train_indices) + len(validation_indices) == 2000
+    assert (np.bincount(dataset.y_train[np.concatenate([train_indices, validation_indices])]) == 200).all()
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only():
+    config = TrainConfig(seed=3)
+    np.testing.assert_array_equal(epoch_order(config, 2, 100), epoch_order(config, 2, 100))
+    assert not np.array_equal(epoch_order(config, 2, 100), epoch_order(config, 3, 100))
+    assert sorted(epoch_order(config, 0, 100)) == list(range(100))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(dataset, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("tiny")
+    config = TrainConfig(model="tiny", epochs=2, train_subset=2000, learning_rate=3e-3)
+    return run_dir, config, train(config, run_dir, data=dataset, log=lambda *a, **k: None)
+
+
+def test_run_directory_describes_itself(tiny_run):
+    run_dir, config, metrics = tiny_run
+    for name in (runs.CONFIG, runs.CLASS_NAMES, runs.RUN_INFO, runs.HISTORY, runs.MODEL, runs.METRICS,
+                 "confusion_matrix.csv", "confusion_matrix_normalized.csv", "confusion_matrix.png",
+                 "classification_report.txt", "training_curves.png", "report.md"):  # fmt: skip
+        assert (run_dir / name).stat().st_size > 0, name
+    assert not (run_dir / runs.CHECKPOINT_DIR).exists()
+    assert TrainConfig.load(run_dir / runs.CONFIG) == config
+    assert set(metrics) >= {"test_accuracy", "test_loss", "val_accuracy", "train_seconds", "num_parameters"}
+    assert json.loads((run_dir / runs.METRICS).read_text()) == metrics
+    assert [row["epoch"] for row in runs.read_csv(run_dir / runs.HISTORY)] == [1, 2]
+    info = json.loads((run_dir / runs.RUN_INFO).read_text())
+    assert info["versions"]["backend"] == "tensorflow" and len(info["data_checksums"]) == 4
+    assert 0.1 < metrics["test_accuracy"] <= 1.0
+
+
+def test_completed_run_is_not_trained_again(tiny_run, dataset):
+    run_dir, config, metrics = tiny_run
+    messages = []
+    assert train(config, run_dir, data=dataset, log=messages.append) == metrics
+    assert "already complete" in messages[0]
+
+
+def test_other_config_in_the_same_directory_is_refused(tiny_run, dataset):
+    run_dir, config, _ = tiny_run
+    with pytest.raises(runs.RunError, match=r"another config \(epochs: 2 in the run, 5 now\)"):
+        train(TrainConfig(model="tiny", epochs=5, train_subset=2000, learning_rate=3e-3), run_dir, data=dataset)
+
+
+def test_a_locked_run_is_refused(tmp_path, dataset):
+    with runs.locked(tmp_path):
+        with pytest.raises(runs.RunError, match="being written by another"):
+            train(TrainConfig(model="tiny", epochs=1, train_subset=1000), tmp_path, data=dataset)
+
+
+def test_unfinished_run_cannot_be_used(tmp_path):
+    runs.write_json(tmp_path / runs.CONFIG, TrainConfig().to_dict())
+    with pytest.raises(runs.RunError, match="run the same `fmnist train --run-dir"):
+        runs.require_run(tmp_path)
