@@ -12,6 +12,9 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 packages=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || packages+=(dataset-fashion-mnist)
 python3 -c "import ensurepip, venv" 2>/dev/null || packages+=(python3-venv)
+if [ "$purpose" = test ]; then
+    [ -x /usr/bin/chromium ] || packages+=(chromium)  # the web page's browser test
+fi
 if [ ${#packages[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${packages[*]}"
     as_root apt-get update -q

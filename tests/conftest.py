@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import io
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from fmnist.data import DEBIAN_DATA_DIR, FILES, has_all_files, load_from
 
@@ -117,3 +122,51 @@ def run_cli(*arguments: str, check: bool = True, timeout: float = 300, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"{command} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     return result
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    def __init__(self, run_dir, *options):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(cli_command("serve", str(run_dir), "--port", str(self.port), *options),
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited: {self.process.stdout.read()}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise AssertionError("server did not become ready")
+
+    def close(self):
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def served_run(tmp_path_factory, real_data_dir):
+    """A baseline trained briefly (1 epoch, 3,000 images) into a run named "shop", for the server tests."""
+    run_dir = tmp_path_factory.mktemp("serve") / "shop"
+    result = run_cli("train", "--run-dir", str(run_dir), "--epochs", "1", "--train-subset", "3000",
+                     "--data-dir", str(real_data_dir))  # fmt: skip
+    assert "epoch 1/1" in result.stdout and "test accuracy" in result.stdout  # one line per epoch off a terminal
+    return run_dir
+
+
+def png_bytes(array) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def kserve_body(images) -> dict:
+    return {"inputs": [{"name": "images", "shape": list(images.shape), "datatype": "UINT8", "data": images.ravel().tolist()}]}

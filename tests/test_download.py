@@ -47,7 +47,9 @@ def test_a_broken_first_mirror_falls_back_to_the_next(file_server, real_file_byt
     if behaviour == "truncated":  # served in full, but the gzip itself is cut short
         broken = {name: payload[: len(payload) // 2] for name, payload in broken.items()}
     elif behaviour == "wrong":  # a valid gzip of other bytes: only the checksum can tell
-        broken = {name: gzip.compress(gzip.decompress(payload)[:-1] + b"\x00", compresslevel=1) for name, payload in broken.items()}
+        broken = {
+            name: gzip.compress(gzip.decompress(payload)[:-1] + b"\x00", compresslevel=1) for name, payload in broken.items()
+        }
     serve(file_server, "broken", broken, behaviour="ok" if behaviour in ("truncated", "wrong") else behaviour)
     serve(file_server, "good", real_file_bytes)
     directory = download_all(

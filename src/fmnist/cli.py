@@ -5,6 +5,10 @@
     fmnist train [--model baseline] [--epochs 10] [--seed 0] [--run-dir runs/baseline] ...
     fmnist evaluate RUN [--images FILE --labels FILE --output DIR]
     fmnist predict RUN FILE... [--json] [--top 3]
+    fmnist report RUN
+    fmnist compare RUN RUN... [--json]
+    fmnist export RUN [--format onnx|saved_model]
+    fmnist serve RUN [--host 127.0.0.1] [--port 8000] [--workers 1]
 
 Keras (and its backend) is imported only by the commands that need it, after `--backend`
 has been applied, so `--help` and `fmnist data` start quickly.
@@ -53,11 +57,11 @@ def command_train(arguments: argparse.Namespace) -> int:
     config = resolve_config(arguments)
     run_dir = Path(arguments.run_dir or f"runs/{config.model}")
     print(f"training {config.model} into {run_dir}", flush=True)
-    metrics = train(config, run_dir, data_dir=arguments.data_dir)
+    metrics = train(config, run_dir, data_dir=arguments.data_dir, report=arguments.report)
     print(
         f"test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f}, "
         f"validation accuracy {metrics['val_accuracy']:.4f}, {metrics['train_seconds']:.1f} s of training\n"
-        f"run directory: {run_dir} (report: {run_dir / 'report.md'})"
+        f"run directory: {run_dir}" + (f" (report: {run_dir / 'report.html'})" if arguments.report else "")
     )
     return 0
 
@@ -133,6 +137,42 @@ def command_data(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def command_report(arguments: argparse.Namespace) -> int:
+    from fmnist.report import write_report
+
+    path = write_report(arguments.run, data_dir=arguments.data_dir)
+    print(f"report written to {path} and {path.with_suffix('.md')}")
+    return 0
+
+
+def command_compare(arguments: argparse.Namespace) -> int:
+    from fmnist.compare import compare_runs, format_comparison
+
+    comparison = compare_runs(arguments.runs)
+    print(json.dumps(comparison, indent=2) if arguments.json else format_comparison(comparison))
+    return 0
+
+
+def command_export(arguments: argparse.Namespace) -> int:
+    from fmnist.export import export_run
+
+    report = export_run(arguments.run, arguments.format, data_dir=arguments.data_dir)
+    print(f"{report['format']} export written to {report['path']}\n"
+          f"parity on {report['num_images']:,} test images: max |probability difference| "
+          f"{report['max_abs_difference']:.2e} (tolerance {report['tolerance']:.0e}), "
+          f"argmax agreement {report['argmax_agreement']:.4f}: {'passed' if report['passed'] else 'FAILED'}")  # fmt: skip
+    return 0
+
+
+def command_serve(arguments: argparse.Namespace) -> int:
+    from fmnist.serve import ServeConfig, serve
+
+    config = ServeConfig(run_dir=arguments.run, engine=arguments.engine, max_batch=arguments.max_batch,
+                         max_delay_ms=arguments.max_delay_ms, max_body_bytes=arguments.max_body_mb * 1024 * 1024)  # fmt: skip
+    serve(config, host=arguments.host, port=arguments.port, workers=arguments.workers)
+    return 0
+
+
 def command_models(arguments: argparse.Namespace) -> int:
     from fmnist.models import DESCRIPTIONS, build_model
 
@@ -160,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser.add_argument("--run-dir", help="where the run goes; an interrupted run there is resumed (default: runs/MODEL)")
     train_parser.add_argument("--config", help="a config.json to start from (flags override it)")
     train_parser.add_argument("--data-dir", help="directory with the four IDX files")
+    train_parser.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                              help="write the analysis report at the end (default: yes; `fmnist report RUN` does it later)")
     add_config_flags(train_parser)
     train_parser.set_defaults(handler=command_train)
 
@@ -170,6 +212,34 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--output", help="where results on --images go (default: RUN/evaluations/NAME)")
     evaluate_parser.add_argument("--data-dir", help="directory with the four IDX files")
     evaluate_parser.set_defaults(handler=command_evaluate)
+
+    report_parser = commands.add_parser("report", help="write the run's analysis: report.html and report.md")
+    report_parser.add_argument("run", help="run directory")
+    report_parser.add_argument("--data-dir", help="directory with the four IDX files")
+    report_parser.set_defaults(handler=command_report)
+
+    compare_parser = commands.add_parser("compare", help="compare runs; McNemar's test for each pair")
+    compare_parser.add_argument("runs", nargs="+", metavar="RUN")
+    compare_parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown tables")
+    compare_parser.set_defaults(handler=command_compare)
+
+    export_parser = commands.add_parser("export", help="export the model (ONNX, SavedModel) with a parity check")
+    export_parser.add_argument("run", help="run directory")
+    export_parser.add_argument("--format", choices=("onnx", "saved_model"), default="onnx")
+    export_parser.add_argument("--data-dir", help="directory with the four IDX files (for the parity check)")
+    export_parser.set_defaults(handler=command_export)
+
+    serve_parser = commands.add_parser("serve", help="serve a run over HTTP: KServe v2, TF Serving REST, web page")
+    serve_parser.add_argument("run", help="run directory")
+    serve_parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve_parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve_parser.add_argument("--workers", type=int, default=1, help="server processes (default: 1)")
+    serve_parser.add_argument("--engine", choices=("auto", "onnx", "keras"), default="auto",
+                              help="auto: ONNX Runtime when the run has an ONNX export, else Keras")
+    serve_parser.add_argument("--max-batch", type=int, default=256, help="most images per model call")
+    serve_parser.add_argument("--max-delay-ms", type=float, default=2.0, help="longest wait to fill a batch")
+    serve_parser.add_argument("--max-body-mb", type=int, default=10, help="largest request body (default: 10)")
+    serve_parser.set_defaults(handler=command_serve)
 
     predict_parser = commands.add_parser("predict", help="classify image files (PNG, JPEG, ...), .npy or IDX arrays")
     predict_parser.add_argument("run", help="run directory")
@@ -192,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return arguments.handler(arguments)
-    except (DataError, RunError, ImageError, ValueError) as error:
+    except (DataError, RunError, ImageError, ValueError) as error:  # ExportError is a ValueError
         print(f"fmnist: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except TrainingInterrupted as error:

@@ -21,6 +21,7 @@ from sklearn import metrics as sk_metrics
 from fmnist import plots, runs
 
 PREDICT_BATCH_SIZE = 1024
+TEST_PREDICTIONS = "test_predictions.npz"  # logits (n, 10) and labels (n,) of the test set
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -100,38 +101,23 @@ def write_results(results: ClassificationResults, output_dir: Path, title: str) 
     runs.write_json(output_dir / "classification_report.json", results.classification_report(as_dict=True))
 
 
-def write_report_markdown(run_dir: Path, metrics: dict, results: ClassificationResults) -> None:
-    report = results.classification_report(as_dict=True)
-    lines = [
-        f"# Run `{Path(run_dir).resolve().name}`: model `{metrics['model']}`",
-        "",
-        f"- Test accuracy: **{metrics['test_accuracy']:.4f}** (loss {metrics['test_loss']:.4f}) "
-        f"on {len(results.labels):,} images",
-        f"- Validation accuracy: {metrics['val_accuracy']:.4f} (loss {metrics['val_loss']:.4f})",
-        f"- {metrics['num_parameters']:,} parameters, {metrics['epochs']} epochs, "
-        f"{metrics['train_seconds']:.1f} s of training ({metrics['images_per_second']:,.0f} images/s)",
-        "",
-        "| class | precision | recall | F1 | support |",
-        "|---|---|---|---|---|",
-    ]
-    for name in results.class_names:
-        row = report[name]
-        lines.append(f"| {name} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1-score']:.4f} | {row['support']:.0f} |")
-    matrix = results.confusion_matrix()
-    off_diagonal = [(matrix[i, j], i, j) for i in range(len(matrix)) for j in range(len(matrix)) if i != j]
-    lines += ["", "Most confused (true -> predicted: count):", ""]
-    lines += [f"- {results.class_names[i]} -> {results.class_names[j]}: {count}" for count, i, j in sorted(off_diagonal, reverse=True)[:5]]
-    lines += ["", "![confusion matrix](confusion_matrix.png)", "", "![training curves](training_curves.png)", ""]
-    runs.write_text(Path(run_dir) / "report.md", "\n".join(lines))
-
-
 def write_run_evaluation(run_dir: Path, metrics: dict, results: ClassificationResults) -> dict:
-    """Write a run's test-set views and report; metrics.json last, since it marks the run complete."""
+    """Write a run's test-set views and predictions; metrics.json last, since it marks the run complete."""
     metrics = {**metrics, **results.summary("test")}
     write_results(results, run_dir, f"{metrics['model']}: test accuracy {results.accuracy:.4f}")
-    write_report_markdown(run_dir, metrics, results)
+    with runs.atomic_path(Path(run_dir) / TEST_PREDICTIONS) as temporary:
+        np.savez_compressed(temporary, logits=results.logits.astype(np.float32), labels=results.labels.astype(np.uint8))
     runs.write_json(run_dir / runs.METRICS, metrics)
     return metrics
+
+
+def load_test_predictions(run_dir: Path, class_names) -> ClassificationResults | None:
+    """The test-set results saved with a run, or None for a run saved without them."""
+    path = Path(run_dir) / TEST_PREDICTIONS
+    if not path.exists():
+        return None
+    with np.load(path) as saved:
+        return ClassificationResults(saved["logits"].astype(np.float64), saved["labels"].astype(np.int64), tuple(class_names))
 
 
 def evaluate_run(run_dir: Path, images: np.ndarray | None = None, labels: np.ndarray | None = None,
@@ -149,6 +135,9 @@ def evaluate_run(run_dir: Path, images: np.ndarray | None = None, labels: np.nda
         dataset = load_dataset(data_dir)
         results = evaluate_model(model, dataset.x_test, dataset.y_test, class_names)
         write_run_evaluation(run_dir, runs.read_json(run_dir / runs.METRICS), results)
+        from fmnist.report import write_report  # report imports this module
+
+        write_report(run_dir, data=dataset, test_results=results, model=model)
         return results
     if output_dir is None:
         raise ValueError("evaluating on other data needs an output directory")

@@ -10,7 +10,7 @@ needs no preprocessing code next to it. Register a new architecture with `@regis
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 from keras import layers

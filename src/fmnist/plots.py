@@ -42,7 +42,7 @@ def training_curves(history: list[dict]):
     """Loss and accuracy per epoch, training against validation."""
     figure, axes = pyplot.subplots(1, 2, figsize=(11, 4))
     epochs = [row["epoch"] for row in history]
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         ax.plot(epochs, [row[metric] for row in history], "o-", label="training")
         ax.plot(epochs, [row[f"val_{metric}"] for row in history], "o-", label="validation")
         ax.set_xlabel("epoch")
@@ -70,3 +70,57 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, class_names: list[str], 
     figure.tight_layout()
     pyplot.close(figure)
     return figure
+
+
+def image_grid(images: np.ndarray, captions: list[str], columns: int = 8, title: str = ""):
+    """Images in rows of `columns`, each with a small caption above it (top losses, label issues)."""
+    rows = max(1, -(-len(images) // columns))
+    figure, axes = pyplot.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.95), squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if index < len(images):
+            ax.imshow(images[index], cmap="gray", vmin=0, vmax=255)
+            ax.set_title(captions[index], fontsize=7)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    pyplot.close(figure)
+    return figure
+
+
+def reliability_diagram(mean_confidence: np.ndarray, accuracy: np.ndarray, counts: np.ndarray, ece: float, ax=None):
+    """Accuracy against confidence per bin; bars under the diagonal are over-confident."""
+    figure, ax = _figure_and_axes(ax, (5.5, 5))
+    occupied = counts > 0
+    width = 1.0 / (len(counts) - 1)
+    ax.bar(mean_confidence[occupied], accuracy[occupied], width=width * 0.9, alpha=0.7, edgecolor="black", label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability diagram, ECE {ece:.4f}")
+    ax.legend(loc="upper left")
+    return figure
+
+
+def embedding_scatter(points: np.ndarray, labels: np.ndarray, class_names, ax=None):
+    """A 2-D map of images coloured by class."""
+    figure, ax = _figure_and_axes(ax, (8, 7))
+    colours = pyplot.get_cmap("tab10")
+    for index, name in enumerate(class_names):
+        members = labels == index
+        ax.scatter(points[members, 0], points[members, 1], s=5, color=colours(index), label=name)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(markerscale=3, fontsize=8, loc="best")
+    ax.set_title("t-SNE of penultimate-layer features (test sample)")
+    return figure
+
+
+def _figure_and_axes(ax, size):
+    if ax is not None:
+        return ax.figure, ax
+    figure, ax = pyplot.subplots(figsize=size)
+    pyplot.close(figure)
+    return figure, ax

@@ -16,7 +16,7 @@ _SHOWN = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 class EpochProgress(keras.callbacks.Callback):
-    def __init__(self, epochs: int, steps_per_epoch: int, interactive: bool, log=print):
+    def __init__(self, epochs: int, steps_per_epoch: int, interactive: bool, log):
         super().__init__()
         self.epochs, self.steps_per_epoch, self.interactive, self.log = epochs, steps_per_epoch, interactive, log
         self.epoch, self.bar = 0, None
@@ -37,4 +37,4 @@ class EpochProgress(keras.callbacks.Callback):
             self.bar.update(self.steps_per_epoch, values, finalize=True)
         else:
             shown = " - ".join(f"{key}: {value:.4f}" for key, value in values)
-            self.log(f"epoch {self.epoch + 1}/{self.epochs} - {row['seconds']:.1f}s - {shown}", flush=True)
+            self.log(f"epoch {self.epoch + 1}/{self.epochs} - {row['seconds']:.1f}s - {shown}")

@@ -23,8 +23,8 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 CONFIG = "config.json"
 CLASS_NAMES = "class_names.json"

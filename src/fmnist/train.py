@@ -14,12 +14,13 @@ gives. The test set is evaluated once, after the last epoch.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from fmnist.config import TrainConfig
 from fmnist.data import Dataset, load_dataset
 from fmnist.interrupts import GracefulStop
 from fmnist.progress import EpochProgress
+from fmnist.report import write_report
 
 
 def split_indices(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -122,9 +124,14 @@ def save_checkpoint(checkpoint_dir: Path, model, state: dict) -> None:
 
 
 def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
-          data_dir: str | Path | None = None, log=print) -> dict:
-    """Train (or resume) the run in `run_dir` and evaluate it on the test set; return its metrics."""
+          data_dir: str | Path | None = None, log=None, report: bool = True) -> dict:
+    """Train (or resume) the run in `run_dir` and evaluate it on the test set; return its metrics.
+
+    With `report`, the analysis (report.html, report.md) is written at the end; it takes some
+    seconds (a t-SNE map among others), and `fmnist report RUN` writes it later just as well.
+    """
     run_dir = Path(run_dir)
+    log = log or functools.partial(print, flush=True)
     if (run_dir / runs.CONFIG).exists():
         check_same_config(run_dir, config)
         if (run_dir / runs.METRICS).exists() and (run_dir / runs.MODEL).exists():
@@ -132,10 +139,10 @@ def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
             return runs.read_json(run_dir / runs.METRICS)
     run_dir.mkdir(parents=True, exist_ok=True)
     with runs.locked(run_dir):
-        return train_locked(config, run_dir, data or load_dataset(data_dir), log)
+        return train_locked(config, run_dir, data or load_dataset(data_dir), log, report)
 
 
-def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log) -> dict:
+def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report: bool) -> dict:
     runs.remove_stale_temporaries(run_dir)
     runs.write_json(run_dir / runs.CONFIG, config.to_dict())
     runs.write_json(run_dir / runs.CLASS_NAMES, list(data.class_names))
@@ -149,7 +156,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log) -> dict
     model, state = load_checkpoint(checkpoint_dir)
     if model is None:
         model = build_and_compile(config, len(data.class_names))
-        state = {"epochs_done": 0, "train_seconds": 0.0, "started": datetime.now(timezone.utc).isoformat()}
+        state = {"epochs_done": 0, "train_seconds": 0.0, "started": datetime.now(UTC).isoformat()}
     else:
         log(f"resuming {run_dir} after epoch {state['epochs_done']} of {config.epochs}")
     history = runs.read_csv(run_dir / runs.HISTORY)[: state["epochs_done"]]
@@ -167,16 +174,23 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log) -> dict
                 verbose=0, callbacks=[progress, stop],
             )  # fmt: skip
         if stop.requested:
-            raise runs.TrainingInterrupted(f"stopped during epoch {epoch + 1}, which is dropped; {run_dir} keeps the {epoch} completed before it")
+            raise runs.TrainingInterrupted(
+                f"stopped during epoch {epoch + 1}, which is dropped; {run_dir} keeps the {epoch} completed before it"
+            )
         seconds = time.perf_counter() - started
-        row = {"epoch": epoch + 1, **{key: float(values[-1]) for key, values in result.history.items()}, "seconds": round(seconds, 3)}
+        last_values = {key: float(values[-1]) for key, values in result.history.items()}
+        row = {"epoch": epoch + 1, **last_values, "seconds": round(seconds, 3)}
         history.append(row)
         progress.finish(row)
         state = {**state, "epochs_done": epoch + 1, "train_seconds": state["train_seconds"] + seconds}
         save_checkpoint(checkpoint_dir, model, state)
         runs.write_csv(run_dir / runs.HISTORY, history)
 
-    return finish(run_dir, config, model, data, history, state, validation, len(x_train))
+    metrics = finish(run_dir, config, model, data, history, state, validation, len(x_train))
+    if report:
+        log(f"writing the analysis report to {run_dir / 'report.html'}")
+        write_report(run_dir, data=data, model=model)  # the test predictions come from the run, saved by finish
+    return metrics
 
 
 def finish(run_dir: Path, config: TrainConfig, model, data: Dataset, history: list[dict],
@@ -197,7 +211,7 @@ def finish(run_dir: Path, config: TrainConfig, model, data: Dataset, history: li
         **validation_results.summary("val"),
     }
     runs.write_json(run_dir / runs.RUN_INFO, {
-        "started": state["started"], "finished": datetime.now(timezone.utc).isoformat(),
+        "started": state["started"], "finished": datetime.now(UTC).isoformat(),
         "host": platform.node(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "versions": library_versions(), "data_directory": str(data.directory), "data_checksums": data.checksums,
         "command": sys.argv,

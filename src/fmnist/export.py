@@ -1,0 +1,123 @@
+"""Export a run's model for serving elsewhere, and prove the export computes what Keras computes.
+
+    from fmnist.export import export_run
+    report = export_run("runs/baseline", "onnx")          # runs/baseline/export/model.onnx
+    report = export_run("runs/baseline", "saved_model")   # runs/baseline/export/saved_model/
+
+Exports take raw uint8 images (batch, 28, 28) and return softmax probabilities (batch, 10), the
+same contract as the server. The SavedModel has a `serving_default` signature
+(input "images", output "probabilities") so TF Serving loads it as it is. After writing, a parity
+check runs both models on test images: the largest absolute difference of probabilities must be
+at most 1e-5 and every argmax must agree, or the export is removed and an error raised.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from fmnist import runs
+from fmnist.evaluate import predict_logits, softmax
+
+FORMATS = ("onnx", "saved_model")
+EXPORT_DIR = "export"
+ONNX_FILE = "model.onnx"
+SAVED_MODEL_DIR = "saved_model"
+PARITY_IMAGES = 1000
+PARITY_TOLERANCE = 1e-5
+
+
+class ExportError(ValueError):
+    """The export does not compute what the Keras model computes."""
+
+
+def with_softmax(model):
+    import keras
+
+    probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(model.output)
+    wrapped = keras.Model(model.input, probabilities, name=f"{model.name}_probabilities")
+    wrapped(np.zeros((1, 28, 28), dtype=np.uint8))  # Keras' exporters want a model that has been called once
+    return wrapped
+
+
+def onnx_session(path: Path, threads: int | None = None):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, images: np.ndarray) -> np.ndarray:
+    input_name = session.get_inputs()[0].name
+    return session.run(None, {input_name: images})[0]
+
+
+def write_onnx(model, destination: Path) -> callable:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # Keras' tf2onnx shim probes np.object, which NumPy 2 warns about
+        model.export(str(destination), format="onnx", verbose=False)
+    session = onnx_session(destination)
+    return lambda images: run_onnx(session, images)
+
+
+def write_saved_model(model, destination: Path) -> callable:
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="serving_default",
+        fn=lambda images: {"probabilities": model(images, training=False)},
+        input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")],
+    )
+    archive.write_out(str(destination), verbose=False)
+    signature = tf.saved_model.load(str(destination)).signatures["serving_default"]
+    return lambda images: signature(images=tf.constant(images))["probabilities"].numpy()
+
+
+def export_run(run_dir: str | Path, export_format: str, data_dir: str | Path | None = None) -> dict:
+    """Write the export into RUN/export/ (atomically), check parity, and return the parity figures."""
+    if export_format not in FORMATS:
+        raise ValueError(f"unknown export format {export_format!r}; choose one of {list(FORMATS)}")
+    from fmnist.data import load_dataset
+
+    run_dir = runs.require_run(run_dir)
+    keras_model = runs.load_model(run_dir)
+    model = with_softmax(keras_model)
+    images = load_dataset(data_dir).x_test[:PARITY_IMAGES]
+    expected = softmax(predict_logits(keras_model, images))
+    final = run_dir / EXPORT_DIR / (ONNX_FILE if export_format == "onnx" else SAVED_MODEL_DIR)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=".staging-"))
+    try:
+        destination = staging / final.name
+        run_exported = (write_onnx if export_format == "onnx" else write_saved_model)(model, destination)
+        actual = np.asarray(run_exported(images), dtype=np.float64)
+        report = {
+            "format": export_format, "path": str(final), "num_images": len(images),
+            "max_abs_difference": float(np.max(np.abs(actual - expected))),
+            "argmax_agreement": float(np.mean(actual.argmax(axis=1) == expected.argmax(axis=1))),
+            "tolerance": PARITY_TOLERANCE,
+        }  # fmt: skip
+        report["passed"] = report["max_abs_difference"] <= PARITY_TOLERANCE and report["argmax_agreement"] == 1.0
+        if not report["passed"]:
+            raise ExportError(
+                f"{export_format} export does not match Keras on {len(images)} test images: max |difference| "
+                f"{report['max_abs_difference']:.2e} (tolerance {PARITY_TOLERANCE:.0e}), argmax agreement "
+                f"{report['argmax_agreement']:.4f}; nothing was written"
+            )
+        if final.exists():
+            shutil.rmtree(final) if final.is_dir() else final.unlink()
+        destination.rename(final)
+        runs.write_json(run_dir / EXPORT_DIR / f"{export_format}_parity.json", report)
+        return report
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

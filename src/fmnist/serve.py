@@ -1,0 +1,225 @@
+"""HTTP prediction service for a run: KServe v2, TF Serving REST, image upload, a web page, metrics.
+
+    fmnist serve runs/baseline --port 8000            # then open http://127.0.0.1:8000/
+    app = create_app(ServeConfig(run_dir="runs/baseline"))   # the ASGI app, for tests and embedding
+
+The model is served under the run directory's name. Requests from concurrent clients are
+micro-batched (engine.py); ONNX Runtime runs the model when `fmnist export RUN --format onnx`
+has been done, Keras otherwise. Every bad request gets a 4xx with {"error": "..."}.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import importlib.resources
+import io
+import json
+import os
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+from starlette.exceptions import HTTPException
+
+from fmnist import __version__, runs
+from fmnist.engine import MicroBatcher, load_engine
+from fmnist.images import ImageError, from_image_bytes
+from fmnist.metrics import ServerMetrics
+from fmnist.payloads import INPUT_NAME, OUTPUT_NAME, RequestError, check_batch, kserve_images, parse_json, tf_serving_images
+from fmnist.predict import Predictor
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    run_dir: str  # the run to serve
+    engine: str = "auto"  # "auto" (ONNX Runtime if exported), "onnx" or "keras"
+    max_batch: int = 256  # most images the batcher runs at once
+    max_delay_ms: float = 2.0  # longest wait for more requests to join a batch
+    max_request_images: int = 1024  # most images in one request
+    max_body_bytes: int = 10 * 1024 * 1024  # larger request bodies get 413
+
+
+def create_app(config: ServeConfig) -> FastAPI:
+    run_dir = runs.require_run(config.run_dir)
+    model_name = Path(run_dir).resolve().name
+    run_metrics = runs.read_json(run_dir / runs.METRICS)
+    class_names = runs.load_class_names(run_dir)
+    engine = load_engine(run_dir, config.engine)
+    metrics = ServerMetrics()
+    batcher = MicroBatcher(engine, config.max_batch, config.max_delay_ms / 1000, on_batch=metrics.batch_size.observe)
+    describe = Predictor(model=None, class_names=class_names).describe
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="fmnist", version=__version__, lifespan=lifespan,
+                  description=f"Fashion-MNIST classifier `{model_name}` ({engine.platform})")  # fmt: skip
+
+    def require_model(name: str) -> None:
+        if name != model_name:
+            raise RequestError(f"unknown model {name!r}; this server serves {model_name!r}", status=404)
+
+    @app.middleware("http")
+    async def limit_and_measure(request: Request, call_next):
+        started = time.perf_counter()
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > config.max_body_bytes:
+            response = error_response(413, f"body of {int(declared):,} bytes; the limit is {config.max_body_bytes:,}")
+        else:
+            response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.observe(getattr(route, "path", "unmatched"), response.status_code, time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(RequestError)
+    async def request_error(request, error: RequestError):
+        return error_response(error.status, str(error))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, error: HTTPException):
+        return error_response(error.status_code, str(error.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, error: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
+        return error_response(422, problems)
+
+    async def read_body(request: Request) -> bytes:
+        body = bytearray()
+        async for chunk in request.stream():  # a body without Content-Length is counted as it arrives
+            body += chunk
+            if len(body) > config.max_body_bytes:
+                raise RequestError(f"body over the limit of {config.max_body_bytes:,} bytes", status=413)
+        return bytes(body)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return importlib.resources.files("fmnist").joinpath("static/index.html").read_text()
+
+    @app.get("/info", summary="The served model: name, engine, classes, test accuracy")
+    async def info():
+        return {"model": model_name, "architecture": run_metrics["model"], "platform": engine.platform,
+                "test_accuracy": run_metrics["test_accuracy"], "class_names": class_names}  # fmt: skip
+
+    @app.get("/v2/health/live", summary="KServe v2: server liveness")
+    async def live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready", summary="KServe v2: server readiness")
+    async def ready():
+        return {"ready": True}
+
+    @app.get("/v2", summary="KServe v2: server metadata")
+    async def server_metadata():
+        return {"name": "fmnist", "version": __version__, "extensions": []}
+
+    @app.get("/v2/models/{name}", summary="KServe v2: model metadata")
+    async def model_metadata(name: str):
+        require_model(name)
+        return {"name": model_name, "versions": ["1"], "platform": engine.platform,
+                "inputs": [{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, 28, 28]}],
+                "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, len(class_names)]}]}  # fmt: skip
+
+    @app.get("/v2/models/{name}/ready", summary="KServe v2: model readiness")
+    async def model_ready(name: str):
+        require_model(name)
+        return {"name": model_name, "ready": True}
+
+    @app.post("/v2/models/{name}/infer", summary="KServe v2: inference on a UINT8 [n, 28, 28] tensor")
+    async def infer(name: str, request: Request):
+        require_model(name)
+        body = parse_json(await read_body(request))
+        probabilities = await batcher.submit(kserve_images(body, config.max_request_images))
+        response = {"model_name": model_name, "model_version": "1",
+                    "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(probabilities.shape),
+                                 "data": probabilities.ravel().tolist()}]}  # fmt: skip
+        if "id" in body:
+            response["id"] = body["id"]
+        return response
+
+    @app.get("/v1/models/{name}", summary="TF Serving REST: model status")
+    async def model_status(name: str):
+        require_model(name)
+        return {"model_version_status": [{"version": "1", "state": "AVAILABLE",
+                                          "status": {"error_code": "OK", "error_message": ""}}]}  # fmt: skip
+
+    @app.post("/v1/models/{target}", summary="TF Serving REST: POST /v1/models/NAME:predict")
+    async def tf_serving_predict(target: str, request: Request):
+        name, _, verb = target.partition(":")
+        require_model(name)
+        if verb != "predict":
+            raise RequestError(f"unsupported verb {verb!r}; this server answers :predict", status=404)
+        body = parse_json(await read_body(request))
+        probabilities = await batcher.submit(tf_serving_images(body, config.max_request_images))
+        return {"predictions": probabilities.tolist()}
+
+    @app.post("/predict", summary="Upload image files (multipart field 'files'); top classes for each")
+    async def upload(files: list[UploadFile] = File(..., description="PNG, JPEG or any image Pillow reads")):
+        check_batch(files, config.max_request_images)
+        images = []
+        for upload_file in files:
+            try:
+                images.append(from_image_bytes(await upload_file.read(), upload_file.filename or "upload"))
+            except ImageError as error:
+                raise RequestError(str(error)) from None
+        import numpy as np
+
+        probabilities = await batcher.submit(np.stack(images))
+        return {"model": model_name, "predictions": [
+            {"filename": upload_file.filename, **describe(row), "input_png": png_data_uri(image)}
+            for upload_file, row, image in zip(files, probabilities, images, strict=True)
+        ]}  # fmt: skip
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def prometheus_metrics():
+        payload, content_type = metrics.exposition()
+        return Response(payload, media_type=content_type)
+
+    return app
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def png_data_uri(image) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+CONFIG_VARIABLE = "FMNIST_SERVE_CONFIG"
+
+
+def app_from_environment() -> FastAPI:
+    """The factory uvicorn's worker processes call: the config travels in an environment variable."""
+    return create_app(ServeConfig(**json.loads(os.environ[CONFIG_VARIABLE])))
+
+
+def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    import uvicorn
+
+    runs.require_run(config.run_dir)
+    os.environ[CONFIG_VARIABLE] = json.dumps(dataclasses.asdict(config))
+    model_name = Path(config.run_dir).resolve().name
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    print(f"serving {model_name} from {config.run_dir}: open http://{shown_host}:{port}/ in a browser "
+          f"(API docs at /docs)", flush=True)  # fmt: skip
+    if workers > 1:
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", _multiprocess_directory())
+    uvicorn.run("fmnist.serve:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                log_level="warning", access_log=False)  # fmt: skip
+
+
+def _multiprocess_directory() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="fmnist-prometheus-")

@@ -1,0 +1,183 @@
+"""The real server on a free loopback port, over HTTP: every endpoint, bad input, concurrency, export parity."""
+
+import base64
+import concurrent.futures
+import io
+import json
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import Server, kserve_body, png_bytes, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(served_run):
+    server = Server(served_run, "--engine", "keras")
+    yield server
+    server.close()
+
+
+def test_health_and_metadata(server):
+    assert httpx.get(f"{server.url}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{server.url}/v2/health/ready").json() == {"ready": True}
+    metadata = httpx.get(f"{server.url}/v2/models/shop").json()
+    assert metadata["name"] == "shop"
+    assert metadata["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, 28, 28]}]
+    assert metadata["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
+    assert httpx.get(f"{server.url}/v2/models/shop/ready").json()["ready"] is True
+    status = httpx.get(f"{server.url}/v1/models/shop").json()
+    assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    assert "openapi" in httpx.get(f"{server.url}/openapi.json").json()
+    assert httpx.get(f"{server.url}/docs").status_code == 200
+
+
+def test_protocols_agree_with_each_other_and_with_predict(server, served_run, dataset, tmp_path):
+    images = dataset.x_test[:8]
+    kserve = httpx.post(f"{server.url}/v2/models/shop/infer", json={**kserve_body(images), "id": "r1"}).json()
+    assert kserve["id"] == "r1" and kserve["outputs"][0]["shape"] == [8, 10]
+    from_kserve = np.array(kserve["outputs"][0]["data"]).reshape(8, 10)
+    tf_arrays = httpx.post(f"{server.url}/v1/models/shop:predict", json={"instances": images.tolist()}).json()
+    b64 = [{"b64": base64.b64encode(png_bytes(image)).decode()} for image in images]
+    tf_images = httpx.post(f"{server.url}/v1/models/shop:predict", json={"instances": b64}).json()
+    np.testing.assert_allclose(np.array(tf_arrays["predictions"]), from_kserve, atol=1e-6)
+    np.testing.assert_allclose(np.array(tf_images["predictions"]), from_kserve, atol=1e-6)
+    np.testing.assert_allclose(from_kserve.sum(axis=1), 1.0, atol=1e-5)
+    files = [("files", (f"{i}.png", png_bytes(image), "image/png")) for i, image in enumerate(images)]
+    upload = httpx.post(f"{server.url}/predict", files=files).json()
+    assert [entry["class_index"] for entry in upload["predictions"]] == list(from_kserve.argmax(axis=1))
+    seen = Image.open(io.BytesIO(base64.b64decode(upload["predictions"][0]["input_png"].split(",")[1])))
+    np.testing.assert_array_equal(np.asarray(seen), images[0])
+    np.save(tmp_path / "x.npy", images)
+    cli = json.loads(run_cli("predict", str(served_run), str(tmp_path / "x.npy"), "--json").stdout)
+    assert [entry["class_index"] for entry in cli] == list(from_kserve.argmax(axis=1))
+
+
+def bomb_png() -> bytes:
+    """A 10,000 x 10,000 grayscale PNG of zeros: about 100 KB on the wire, 100 megapixels decoded."""
+    width = height = 10_000
+    raw = zlib.compress(b"".join(b"\x00" + bytes(width) for _ in range(height)), 9)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+BAD_JSON_REQUESTS = [
+    ("/v2/models/shop/infer", b"{not json", 400, "malformed JSON"),
+    ("/v2/models/shop/infer", b"[1, 2]", 400, "must be an object"),
+    ("/v2/models/shop/infer", json.dumps({"inputs": []}).encode(), 400, "one tensor"),
+    ("/v2/models/shop/infer", json.dumps({"inputs": [{"name": "images", "shape": [1, 28, 27], "datatype": "UINT8",
+                                                      "data": [0] * 756}]}).encode(), 400, "expected [n, 28, 28]"),  # fmt: skip
+    ("/v2/models/shop/infer", json.dumps({"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP32",
+                                                      "data": [0.0] * 784}]}).encode(), 400, "the input is UINT8"),  # fmt: skip
+    ("/v2/models/shop/infer", json.dumps({"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8",
+                                                      "data": [300] * 784}]}).encode(), 400, "from 0 to 255"),  # fmt: skip
+    ("/v2/models/shop/infer", json.dumps({"inputs": [{"name": "images", "shape": [2, 28, 28], "datatype": "UINT8",
+                                                      "data": [0] * 784}]}).encode(), 400, "needs 1568"),  # fmt: skip
+    ("/v2/models/shop/infer", json.dumps({"inputs": [{"name": "images", "shape": [2000, 28, 28], "datatype": "UINT8",
+                                                      "data": [0]}]}).encode(), 413, "the limit is 1024"),  # fmt: skip
+    ("/v1/models/shop:predict", b'{"instances": [[[NaN]]]}', 400, "shape (1, 1)"),
+    ("/v1/models/shop:predict", json.dumps({"instances": [[[float("nan")] * 28] * 28]}).encode(), 400, "NaN"),
+    ("/v1/models/shop:predict", json.dumps({"instances": [[["a"] * 28] * 28]}).encode(), 400, "must be numbers"),
+    ("/v1/models/shop:predict", json.dumps({"instances": [[[0] * 28] * 27 + [[0] * 5]]}).encode(), 400, "rectangular"),
+    ("/v1/models/shop:predict", json.dumps({"instances": [{"b64": "***"}]}).encode(), 400, "invalid base64"),
+    ("/v1/models/shop:predict", json.dumps({"instances": [{"b64": base64.b64encode(b"text").decode()}]}).encode(),
+     400, "not an image format"),  # fmt: skip
+    ("/v1/models/shop:predict", json.dumps({"rows": []}).encode(), 400, '"instances"'),
+    ("/v1/models/shop:classify", json.dumps({"instances": []}).encode(), 404, "answers :predict"),
+    ("/v1/models/other:predict", json.dumps({"instances": []}).encode(), 404, "unknown model 'other'"),
+    ("/v2/models/other/infer", b"{}", 404, "unknown model"),
+]
+
+
+@pytest.mark.parametrize("path, body, status, message", BAD_JSON_REQUESTS)
+def test_bad_json_requests_get_a_clear_4xx(server, path, body, status, message):
+    response = httpx.post(f"{server.url}{path}", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_bad_uploads_get_a_clear_4xx(server, dataset):
+    good = png_bytes(dataset.x_test[0])
+    cases = [
+        ([("files", ("a.txt", b"hello", "text/plain"))], 400, "not an image format"),
+        ([("files", ("cut.png", good[: len(good) // 2], "image/png"))], 400, "truncated or corrupt"),
+        ([("files", ("bomb.png", bomb_png(), "image/png"))], 400, "decompression bomb"),
+    ]
+    for files, status, message in cases:
+        response = httpx.post(f"{server.url}/predict", files=files, timeout=30)
+        assert response.status_code == status and message in response.json()["error"], response.text
+    response = httpx.post(f"{server.url}/predict", data={"nothing": "here"})
+    assert response.status_code == 422 and "files" in response.json()["error"]
+    huge = bytes(11 * 1024 * 1024)
+    response = httpx.post(f"{server.url}/predict", files=[("files", ("big.png", huge, "image/png"))])
+    assert response.status_code == 413 and "limit" in response.json()["error"]
+    assert httpx.get(f"{server.url}/no/such/page").json() == {"error": "Not Found"}
+    assert httpx.get(f"{server.url}/v2/health/live").status_code == 200  # still up
+
+
+def test_concurrent_clients_get_their_own_answers(server, dataset):
+    images = dataset.x_test[:64]
+    answer = httpx.post(f"{server.url}/v1/models/shop:predict", json={"instances": images.tolist()})
+    expected = np.array(answer.json()["predictions"])
+
+    def client(offset: int):
+        with httpx.Client() as session:
+            answers = []
+            for step in range(16):
+                index = (offset * 16 + step) % 64
+                body = kserve_body(images[index : index + 1])
+                data = session.post(f"{server.url}/v2/models/shop/infer", json=body).json()["outputs"][0]["data"]
+                answers.append((index, np.array(data)))
+            return answers
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for answers in pool.map(client, range(8)):
+            for index, probabilities in answers:
+                np.testing.assert_allclose(probabilities, expected[index], atol=1e-6)
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'fmnist_requests_total{route="/v2/models/{name}/infer",status="200"}' in metrics
+    assert "fmnist_batch_size_bucket" in metrics and "fmnist_request_errors_total" in metrics
+    batches = [line for line in metrics.splitlines() if line.startswith("fmnist_batch_size_count")]
+    requests = [line for line in metrics.splitlines() if line.startswith("fmnist_batch_size_sum")]
+    assert float(batches[0].split()[-1]) <= float(requests[0].split()[-1])  # batches hold one or more images
+
+
+@pytest.mark.parametrize("export_format", ["onnx", "saved_model"])
+def test_export_passes_parity(served_run, real_data_dir, export_format):
+    run_dir = served_run
+    output = run_cli("export", str(run_dir), "--format", export_format, "--data-dir", str(real_data_dir)).stdout
+    assert "passed" in output
+    parity = json.loads((run_dir / "export" / f"{export_format}_parity.json").read_text())
+    assert parity["max_abs_difference"] <= 1e-5 and parity["argmax_agreement"] == 1.0 and parity["num_images"] == 1000
+    if export_format == "saved_model":
+        import tensorflow as tf
+
+        signature = tf.saved_model.load(str(run_dir / "export" / "saved_model")).signatures["serving_default"]
+        assert list(signature.structured_outputs) == ["probabilities"]
+    else:
+        assert not list((run_dir / "export").glob(".staging-*"))
+
+
+def test_onnx_server_matches_keras_server(served_run, server, dataset, real_data_dir):
+    run_dir = served_run
+    if not (run_dir / "export" / "model.onnx").exists():
+        run_cli("export", str(run_dir), "--format", "onnx", "--data-dir", str(real_data_dir))
+    onnx_server = Server(run_dir)  # "auto" picks ONNX Runtime now that the export exists
+    try:
+        body = kserve_body(dataset.x_test[:32])
+        metadata = httpx.get(f"{onnx_server.url}/v2/models/shop").json()
+        assert metadata["platform"] == "onnxruntime_onnx"
+        onnx = np.array(httpx.post(f"{onnx_server.url}/v2/models/shop/infer", json=body).json()["outputs"][0]["data"])
+        keras = np.array(httpx.post(f"{server.url}/v2/models/shop/infer", json=body).json()["outputs"][0]["data"])
+        assert np.max(np.abs(onnx - keras)) <= 1e-5
+    finally:
+        onnx_server.close()

@@ -1,0 +1,69 @@
+"""The web page in a real browser: Debian's headless Chromium, driven by Playwright."""
+
+import shutil
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import Server, kserve_body
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def page_server(served_run):
+    server = Server(served_run, "--engine", "keras")
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+def test_upload_a_test_image_through_the_page(page_server, browser, dataset, tmp_path):
+    images = dataset.x_test[:50]
+    body = kserve_body(images)
+    probabilities = np.array(httpx.post(f"{page_server.url}/v2/models/shop/infer", json=body).json()["outputs"][0]["data"])
+    predicted = probabilities.reshape(50, 10).argmax(axis=1)
+    index = int(np.flatnonzero(predicted == dataset.y_test[:50])[0])  # an image the model gets right
+    path = tmp_path / "test-image.png"
+    Image.fromarray(images[index]).save(path)
+
+    page = browser.new_page()
+    page.goto(page_server.url + "/")
+    page.wait_for_function("document.getElementById('model-name').textContent === 'shop'")
+    assert "%" in page.text_content("#model-accuracy")
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.text_content("#top-class") == dataset.class_names[dataset.y_test[index]]
+    assert len(page.query_selector_all("#bars .bar")) == 3
+    assert page.get_attribute("#seen", "src").startswith("data:image/png;base64,")
+    page.screenshot(path=str(tmp_path / "upload.png"))
+    page.close()
+
+
+def test_draw_on_the_canvas_and_get_a_prediction(page_server, browser, dataset):
+    page = browser.new_page()
+    page.goto(page_server.url + "/")
+    box = page.locator("#canvas").bounding_box()
+    page.mouse.move(box["x"] + 90, box["y"] + 40)
+    page.mouse.down()
+    for x, y in [(90, 240), (140, 240), (140, 120), (190, 120), (190, 240), (240, 240)]:
+        page.mouse.move(box["x"] + x, box["y"] + y, steps=8)
+    page.mouse.up()
+    page.click("#predict-drawing")
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.text_content("#top-class") in dataset.class_names
+    assert page.text_content("#error") == ""
+    page.close()
