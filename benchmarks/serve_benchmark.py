@@ -143,7 +143,7 @@ def main() -> int:
         print("\n".join(engine_rows(arguments.run, images)), flush=True)
     load = load_test(arguments.run, images[0], arguments)
     print(load.pop("raw"))
-    print(f"\n| server | clients | seconds | requests | requests/s | p50 | p99 | errors |\n|---|---|---|---|---|---|---|---|")
+    print("\n| server | clients | seconds | requests | requests/s | p50 | p99 | errors |\n|---|---|---|---|---|---|---|---|")
     print(f"| {arguments.workers} worker(s), engine {arguments.engine} | {arguments.connections} | {arguments.seconds} "
           f"| {load['requests']:,} | {load['requests_per_second']:,.0f} | {load['p50_ms']:.1f} ms | {load['p99_ms']:.1f} ms "
           f"| {load['errors']} |")  # fmt: skip
