@@ -17,6 +17,8 @@ import types
 import typing
 from pathlib import Path
 
+from fmnist.recipe_names import OPTIMIZERS, SCHEDULES
+
 
 def _field(default, help: str):
     return dataclasses.field(default=default, metadata={"help": help})
@@ -27,7 +29,20 @@ class TrainConfig:
     model: str = _field("baseline", "architecture from the model registry (`fmnist models` lists them)")
     epochs: int = _field(10, "passes over the training split")
     batch_size: int = _field(32, "images per optimisation step")
-    learning_rate: float = _field(1e-3, "Adam's step size")
+    learning_rate: float = _field(1e-3, "step size (the peak of the schedule when there is one)")
+    optimizer: str = _field("adam", "adam, adamw (decoupled weight decay) or sgd (Nesterov momentum)")
+    momentum: float = _field(0.9, "SGD's momentum")
+    weight_decay: float = _field(0.0, "decoupled weight decay per step, relative to the learning rate")
+    schedule: str = _field("constant", "learning-rate schedule: constant, onecycle (linear up, linear down) or "
+                                       "cosine (linear warm-up, cosine decay)")
+    warmup_fraction: float = _field(0.0, "share of all steps spent warming up (onecycle and cosine)")
+    label_smoothing: float = _field(0.0, "share of the target spread evenly over all classes")
+    translate: int = _field(0, "augmentation: random shifts of up to this many pixels (0: off)")
+    flip: bool = _field(False, "augmentation: random horizontal flips")
+    erase: float = _field(0.0, "augmentation: probability of erasing a random rectangle (cutout)")
+    tta: bool = _field(False, "test-time augmentation: average the predictions for each image and its mirror image")
+    early_stopping_patience: int = _field(0, "stop after this many epochs without a better validation accuracy, "
+                                             "keeping the best epoch's weights (0: off)")
     validation_fraction: float = _field(0.1, "share of the training set held out for validation, stratified")
     split_seed: int = _field(0, "seed of the train/validation split; kept apart from --seed so that runs "
                                 "with different seeds are judged on the same validation images")
@@ -45,6 +60,14 @@ class TrainConfig:
             problems.append(f"learning_rate must be positive, got {self.learning_rate}")
         if not 0 < self.validation_fraction < 1:
             problems.append(f"validation_fraction must be between 0 and 1, got {self.validation_fraction}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 <= self.warmup_fraction < 1 or not 0 <= self.label_smoothing < 1 or not 0 <= self.erase <= 1:
+            problems.append("warmup_fraction and label_smoothing must be in [0, 1), erase in [0, 1]")
+        if self.translate < 0 or self.translate > 14 or self.weight_decay < 0 or self.early_stopping_patience < 0:
+            problems.append("translate must be 0-14 pixels; weight_decay and early_stopping_patience not negative")
         if self.train_subset is not None and self.train_subset < 100:
             problems.append(f"train_subset must be at least 100 images, got {self.train_subset}")
         if problems:

@@ -14,6 +14,7 @@ accepting requests while the model works.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import os
 from pathlib import Path
@@ -44,6 +45,7 @@ class OnnxEngine:
 
 
 def load_engine(run_dir: str | Path, engine: str = "auto", threads: int | None = None):
+    # threads: ONNX Runtime's intra-op threads (default: all cores; a server with several workers gives each fewer)
     """ONNX Runtime when RUN/export/model.onnx exists (or engine="onnx"), Keras otherwise."""
     onnx_path = Path(run_dir) / EXPORT_DIR / ONNX_FILE
     if engine == "onnx" or (engine == "auto" and onnx_path.exists()):
@@ -54,58 +56,67 @@ def load_engine(run_dir: str | Path, engine: str = "auto", threads: int | None =
 
 
 class MicroBatcher:
-    """Gather concurrent requests into batches; one batch runs at a time, in a worker thread."""
+    """Gather concurrent requests into batches while the model is busy; one batch runs at a time.
+
+    When the model is idle, a request waits at most `max_delay` seconds for others to join it
+    (or until `max_batch` images are waiting). While a batch runs, new requests pile up and go
+    together as soon as it finishes, so batches grow with the load (adaptive batching, as TF
+    Serving does). The model runs in its own thread; the event loop keeps serving meanwhile.
+    """
 
     def __init__(self, engine, max_batch: int = 256, max_delay: float = 0.002, on_batch=None):
         self.engine, self.max_batch, self.max_delay, self.on_batch = engine, max_batch, max_delay, on_batch
-        self.queue: asyncio.Queue | None = None
-        self.worker: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self.queue = asyncio.Queue()
-        self.worker = asyncio.get_running_loop().create_task(self._run())
+        self.pending: list[tuple[np.ndarray, asyncio.Future]] = []
+        self.pending_images = 0
+        self.busy = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fmnist-model")
+        self.tasks: set[asyncio.Task] = set()
 
     async def stop(self) -> None:
-        if self.worker:
-            self.worker.cancel()
-            await asyncio.gather(self.worker, return_exceptions=True)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.executor.shutdown(wait=False)
 
     async def submit(self, images: np.ndarray) -> np.ndarray:
-        future = asyncio.get_running_loop().create_future()
-        await self.queue.put((images, future))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.pending.append((images, future))
+        self.pending_images += len(images)
+        if not self.busy:
+            if self.pending_images >= self.max_batch:
+                self._flush()
+            elif self.timer is None:
+                self.timer = loop.call_later(self.max_delay, self._flush)
         return await future
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            pending = [await self.queue.get()]
-            size = len(pending[0][0])
-            deadline = loop.time() + self.max_delay
-            while size < self.max_batch:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), remaining)
-                except TimeoutError:
-                    break
-                pending.append(item)
-                size += len(item[0])
-            await self._run_batch(pending, loop)
+    def _flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.busy or not self.pending:
+            return  # the running batch flushes what waits when it ends
+        batch, self.pending, self.pending_images = self.pending, [], 0
+        self.busy = True
+        task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
-    async def _run_batch(self, pending, loop) -> None:
-        batch = np.concatenate([images for images, _ in pending])
+    async def _run_batch(self, batch) -> None:
+        images = np.concatenate([item for item, _ in batch])
         try:
-            probabilities = await loop.run_in_executor(None, self.engine.probabilities, batch)
+            probabilities = await asyncio.get_running_loop().run_in_executor(self.executor, self.engine.probabilities, images)
         except Exception as error:  # the requests get the error; the batcher lives on
-            for _, future in pending:
+            for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
-            return
-        if self.on_batch:
-            self.on_batch(len(batch))
-        start = 0
-        for images, future in pending:
-            if not future.done():  # a client that went away cancelled its future
-                future.set_result(probabilities[start : start + len(images)])
-            start += len(images)
+        else:
+            if self.on_batch:
+                self.on_batch(len(images))
+            start = 0
+            for item, future in batch:
+                if not future.done():  # a client that went away cancelled its future
+                    future.set_result(probabilities[start : start + len(item)])
+                start += len(item)
+        finally:
+            self.busy = False
+            self._flush()

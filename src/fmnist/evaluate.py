@@ -30,13 +30,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exponentials / exponentials.sum(axis=1, keepdims=True)
 
 
-def predict_logits(model, images: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE) -> np.ndarray:
-    """Logits (n, classes) for uint8 images (n, 28, 28), in batches, without Keras' predict loop."""
+def predict_logits(model, images: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE, tta: bool = False) -> np.ndarray:
+    """Logits (n, classes) for uint8 images (n, 28, 28), in batches, without Keras' predict loop.
+
+    With `tta`, each image and its mirror image are predicted and their probabilities averaged;
+    the log of that average is returned, so that softmax of the result is the average.
+    """
     batches = [
         np.asarray(model(images[start : start + batch_size], training=False), dtype=np.float64)
         for start in range(0, len(images), batch_size)
     ]
-    return np.concatenate(batches) if batches else np.zeros((0, model.output_shape[-1]))
+    logits = np.concatenate(batches) if batches else np.zeros((0, model.output_shape[-1]))
+    if not tta:
+        return logits
+    mirrored = predict_logits(model, np.ascontiguousarray(images[:, :, ::-1]), batch_size)
+    return np.log((softmax(logits) + softmax(mirrored)) / 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +91,9 @@ class ClassificationResults:
         return {f"{prefix}_accuracy": self.accuracy, f"{prefix}_loss": self.loss}
 
 
-def evaluate_model(model, images: np.ndarray, labels: np.ndarray, class_names) -> ClassificationResults:
-    return ClassificationResults(predict_logits(model, images), np.asarray(labels, dtype=np.int64), tuple(class_names))
+def evaluate_model(model, images: np.ndarray, labels: np.ndarray, class_names, tta: bool = False) -> ClassificationResults:
+    logits = predict_logits(model, images, tta=tta)
+    return ClassificationResults(logits, np.asarray(labels, dtype=np.int64), tuple(class_names))
 
 
 def write_results(results: ClassificationResults, output_dir: Path, title: str) -> None:
@@ -129,11 +138,12 @@ def evaluate_run(run_dir: Path, images: np.ndarray | None = None, labels: np.nda
     """
     run_dir = runs.require_run(run_dir)
     model, class_names = runs.load_model(run_dir), runs.load_class_names(run_dir)
+    tta = bool(runs.read_json(run_dir / runs.CONFIG).get("tta"))  # evaluate as the run was evaluated
     if images is None:
         from fmnist.data import load_dataset
 
         dataset = load_dataset(data_dir)
-        results = evaluate_model(model, dataset.x_test, dataset.y_test, class_names)
+        results = evaluate_model(model, dataset.x_test, dataset.y_test, class_names, tta=tta)
         write_run_evaluation(run_dir, runs.read_json(run_dir / runs.METRICS), results)
         from fmnist.report import write_report  # report imports this module
 
@@ -141,7 +151,7 @@ def evaluate_run(run_dir: Path, images: np.ndarray | None = None, labels: np.nda
         return results
     if output_dir is None:
         raise ValueError("evaluating on other data needs an output directory")
-    results = evaluate_model(model, images, labels, class_names)
+    results = evaluate_model(model, images, labels, class_names, tta=tta)
     write_results(results, Path(output_dir), f"accuracy {results.accuracy:.4f} on {len(labels):,} images")
     runs.write_json(Path(output_dir) / runs.METRICS, results.summary("eval") | {"num_images": len(labels)})
     return results

@@ -2,15 +2,18 @@
 
     from fmnist.models import build_model, MODELS
     model = build_model("baseline")          # the spec's CNN, 121,930 parameters
+    model = build_model("resnet", augmentation=augmentation_layers(translate=2, flip=True))
     logits = model(images_uint8)             # (batch, 10)
 
-Scaling to [0, 1] and the channel axis live inside the model, so a saved `.keras` file
-needs no preprocessing code next to it. Register a new architecture with `@register`.
+Scaling to [0, 1], the channel axis and the data augmentation live inside the model, so a saved
+`.keras` file needs no preprocessing code next to it; Keras' augmentation layers act only in
+training and pass images through unchanged at inference. Register a new architecture with
+`@register`; it must name its last layer "logits" (the analysis reads the layer before it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import keras
 from keras import layers
@@ -28,23 +31,41 @@ def register(function: Callable[..., keras.Model]) -> Callable[..., keras.Model]
     return function
 
 
-def build_model(name: str, num_classes: int = NUM_CLASSES) -> keras.Model:
+def build_model(name: str, num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer] = ()) -> keras.Model:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    return MODELS[name](num_classes=num_classes)
+    return MODELS[name](num_classes=num_classes, augmentation=augmentation)
 
 
-def image_input() -> tuple[keras.KerasTensor, keras.KerasTensor]:
-    """The raw uint8 input and the same images as floats in [0, 1] with a channel axis."""
+def augmentation_layers(translate: int = 0, flip: bool = False, erase: float = 0.0, seed: int = 0) -> list[layers.Layer]:
+    """Training-time augmentation on (batch, 28, 28, 1) images in [0, 1]; each one switchable."""
+    chosen = []
+    if translate:
+        factor = translate / IMAGE_SHAPE[0]  # shifts of up to `translate` pixels, filled with black
+        chosen.append(layers.RandomTranslation(factor, factor, fill_mode="constant", interpolation="nearest",
+                                               seed=seed, name="random_translate"))  # fmt: skip
+    if flip:
+        chosen.append(layers.RandomFlip("horizontal", seed=seed + 1, name="random_flip"))
+    if erase:
+        chosen.append(layers.RandomErasing(erase, scale=(0.02, 0.2), fill_value=0.0, value_range=(0, 1),
+                                           seed=seed + 2, name="random_erase"))  # fmt: skip
+    return chosen
+
+
+def image_input(augmentation: Sequence[layers.Layer] = ()) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """The raw uint8 input and the same images as floats in [0, 1] with a channel axis, augmented in training."""
     images = keras.Input(shape=IMAGE_SHAPE, dtype="uint8", name="images")  # (batch, 28, 28)
     scaled = layers.Rescaling(1.0 / 255, name="scale")(images)
-    return images, layers.Reshape((*IMAGE_SHAPE, 1), name="add_channel")(scaled)  # (batch, 28, 28, 1)
+    x = layers.Reshape((*IMAGE_SHAPE, 1), name="add_channel")(scaled)  # (batch, 28, 28, 1)
+    for layer in augmentation:
+        x = layer(x)
+    return images, x
 
 
 @register
-def baseline(num_classes: int = NUM_CLASSES) -> keras.Model:
+def baseline(num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer] = ()) -> keras.Model:
     """The spec's CNN: two 3x3 conv + max-pool blocks, a 64-unit dense layer; 121,930 parameters."""
-    images, x = image_input()
+    images, x = image_input(augmentation)
     x = layers.Conv2D(32, 3, activation="relu")(x)  # (batch, 26, 26, 32)
     x = layers.MaxPooling2D(2)(x)  # (batch, 13, 13, 32)
     x = layers.Conv2D(64, 3, activation="relu")(x)  # (batch, 11, 11, 64)
@@ -56,11 +77,49 @@ def baseline(num_classes: int = NUM_CLASSES) -> keras.Model:
 
 
 @register
-def tiny(num_classes: int = NUM_CLASSES) -> keras.Model:
+def tiny(num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer] = ()) -> keras.Model:
     """A few-thousand-parameter CNN for tests and smoke runs."""
-    images, x = image_input()
+    images, x = image_input(augmentation)
     x = layers.Conv2D(8, 3, strides=2, activation="relu")(x)  # (batch, 13, 13, 8)
     x = layers.Conv2D(16, 3, strides=2, activation="relu")(x)  # (batch, 6, 6, 16)
     x = layers.GlobalAveragePooling2D()(x)
     logits = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(images, logits, name="tiny")
+
+
+def conv_bn(x, filters: int, kernel_size: int = 3, strides: int = 1, activation: bool = True):
+    """Convolution without bias (BatchNorm has one), BatchNorm, then ReLU."""
+    x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization(momentum=0.9)(x)
+    return layers.ReLU()(x) if activation else x
+
+
+@register
+def bn_cnn(num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer] = ()) -> keras.Model:
+    """A VGG-style BatchNorm CNN: 3 stages of two 3x3 convs (32-64-128), max-pools, global pooling."""
+    images, x = image_input(augmentation)
+    for stage, filters in enumerate((32, 64, 128)):
+        x = conv_bn(conv_bn(x, filters), filters)  # (batch, 28 / 2**stage, 28 / 2**stage, filters)
+        if stage < 2:
+            x = layers.MaxPooling2D(2)(x)
+    x = layers.GlobalAveragePooling2D()(x)  # (batch, 128)
+    x = layers.Dropout(0.2)(x)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(images, logits, name="bn_cnn")
+
+
+@register
+def resnet(num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer] = ()) -> keras.Model:
+    """A small ResNet: a stem and 3 stages (32-64-128) of one residual block each, max-pools between."""
+    images, x = image_input(augmentation)
+    x = conv_bn(x, 32)  # (batch, 28, 28, 32)
+    for stage, filters in enumerate((32, 64, 128)):
+        if stage:
+            x = conv_bn(x, filters)
+            x = layers.MaxPooling2D(2)(x)  # (batch, 14 or 7, ..., filters)
+        shortcut = x
+        x = conv_bn(conv_bn(x, filters), filters, activation=False)
+        x = layers.ReLU()(layers.Add()([x, shortcut]))
+    x = layers.GlobalAveragePooling2D()(x)  # (batch, 128)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(images, logits, name="resnet")

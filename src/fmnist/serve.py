@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gc
 import importlib.resources
 import io
 import json
@@ -42,6 +43,7 @@ class ServeConfig:
     max_delay_ms: float = 2.0  # longest wait for more requests to join a batch
     max_request_images: int = 1024  # most images in one request
     max_body_bytes: int = 10 * 1024 * 1024  # larger request bodies get 413
+    threads: int = 0  # ONNX Runtime threads per server process (0: the cores divided among the workers)
 
 
 def create_app(config: ServeConfig) -> FastAPI:
@@ -49,14 +51,15 @@ def create_app(config: ServeConfig) -> FastAPI:
     model_name = Path(run_dir).resolve().name
     run_metrics = runs.read_json(run_dir / runs.METRICS)
     class_names = runs.load_class_names(run_dir)
-    engine = load_engine(run_dir, config.engine)
+    engine = load_engine(run_dir, config.engine, config.threads or None)
     metrics = ServerMetrics()
     batcher = MicroBatcher(engine, config.max_batch, config.max_delay_ms / 1000, on_batch=metrics.batch_size.observe)
     describe = Predictor(model=None, class_names=class_names).describe
 
     @asynccontextmanager
     async def lifespan(app):
-        batcher.start()
+        gc.collect()
+        gc.freeze()  # the libraries' many long-lived objects leave the collector's scans: shorter pauses under load
         yield
         await batcher.stop()
 
@@ -67,17 +70,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         if name != model_name:
             raise RequestError(f"unknown model {name!r}; this server serves {model_name!r}", status=404)
 
-    @app.middleware("http")
-    async def limit_and_measure(request: Request, call_next):
-        started = time.perf_counter()
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > config.max_body_bytes:
-            response = error_response(413, f"body of {int(declared):,} bytes; the limit is {config.max_body_bytes:,}")
-        else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.observe(getattr(route, "path", "unmatched"), response.status_code, time.perf_counter() - started)
-        return response
+    app.add_middleware(LimitAndMeasure, max_body_bytes=config.max_body_bytes, metrics=metrics)
 
     @app.exception_handler(RequestError)
     async def request_error(request, error: RequestError):
@@ -143,7 +136,7 @@ def create_app(config: ServeConfig) -> FastAPI:
                                  "data": probabilities.ravel().tolist()}]}  # fmt: skip
         if "id" in body:
             response["id"] = body["id"]
-        return response
+        return JSONResponse(response)  # a Response skips FastAPI's slow generic encoder
 
     @app.get("/v1/models/{name}", summary="TF Serving REST: model status")
     async def model_status(name: str):
@@ -159,7 +152,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             raise RequestError(f"unsupported verb {verb!r}; this server answers :predict", status=404)
         body = parse_json(await read_body(request))
         probabilities = await batcher.submit(tf_serving_images(body, config.max_request_images))
-        return {"predictions": probabilities.tolist()}
+        return JSONResponse({"predictions": probabilities.tolist()})
 
     @app.post("/predict", summary="Upload image files (multipart field 'files'); top classes for each")
     async def upload(files: list[UploadFile] = File(..., description="PNG, JPEG or any image Pillow reads")):
@@ -190,6 +183,41 @@ def error_response(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+class LimitAndMeasure:
+    """ASGI middleware: refuse bodies whose Content-Length is over the limit; time and count every request.
+
+    Plain ASGI rather than FastAPI's @app.middleware("http"), whose per-request wrapping costs
+    more than the model does on small requests.
+    """
+
+    def __init__(self, app, max_body_bytes: int, metrics: ServerMetrics):
+        self.app, self.max_body_bytes, self.metrics = app, max_body_bytes, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            response = error_response(413, f"body of {int(declared):,} bytes; the limit is {self.max_body_bytes:,}")
+            await response(scope, receive, send)
+            self.metrics.observe("unmatched", 413, time.perf_counter() - started)
+            return
+
+        async def send_and_note_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe(route, status, time.perf_counter() - started)
+
+
 def png_data_uri(image) -> str:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
@@ -208,13 +236,15 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     import uvicorn
 
     runs.require_run(config.run_dir)
-    os.environ[CONFIG_VARIABLE] = json.dumps(dataclasses.asdict(config))
     model_name = Path(config.run_dir).resolve().name
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"serving {model_name} from {config.run_dir}: open http://{shown_host}:{port}/ in a browser "
           f"(API docs at /docs)", flush=True)  # fmt: skip
     if workers > 1:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", _multiprocess_directory())
+    if not config.threads:  # share the cores among the workers rather than have each claim them all
+        config = dataclasses.replace(config, threads=max(1, (os.cpu_count() or 1) // workers))
+    os.environ[CONFIG_VARIABLE] = json.dumps(dataclasses.asdict(config))
     uvicorn.run("fmnist.serve:app_from_environment", factory=True, host=host, port=port, workers=workers,
                 log_level="warning", access_log=False)  # fmt: skip
 

@@ -62,17 +62,13 @@ def seed_everything(config: TrainConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def build_and_compile(config: TrainConfig, num_classes: int):
-    import keras
+def build_and_compile(config: TrainConfig, num_classes: int, steps_per_epoch: int):
+    from fmnist.models import augmentation_layers, build_model
+    from fmnist.recipe import build_loss, build_optimizer
 
-    from fmnist.models import build_model
-
-    model = build_model(config.model, num_classes)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    augmentation = augmentation_layers(config.translate, config.flip, config.erase, seed=config.seed)
+    model = build_model(config.model, num_classes, augmentation)
+    model.compile(optimizer=build_optimizer(config, steps_per_epoch), loss=build_loss(config), metrics=["accuracy"])
     return model
 
 
@@ -123,6 +119,23 @@ def save_checkpoint(checkpoint_dir: Path, model, state: dict) -> None:
         (checkpoint_dir / old_file).unlink(missing_ok=True)
 
 
+BEST_MODEL = "best.keras"  # in the checkpoint directory, with early stopping
+
+
+def track_best(checkpoint_dir: Path, model, state: dict, val_accuracy: float, patience: int) -> dict:
+    """Keep the best epoch's model (by validation accuracy) and decide whether to stop."""
+    if val_accuracy > state.get("best_val_accuracy", -1.0):
+        runs.save_model(model, checkpoint_dir / BEST_MODEL)  # before state.json names it the best
+        state = {**state, "best_epoch": state["epochs_done"], "best_val_accuracy": val_accuracy}
+    return {**state, "stopped_early": state["epochs_done"] - state["best_epoch"] >= patience}
+
+
+def keras_load(path: Path):
+    import keras
+
+    return keras.saving.load_model(path, compile=False)
+
+
 def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
           data_dir: str | Path | None = None, log=None, report: bool = True) -> dict:
     """Train (or resume) the run in `run_dir` and evaluate it on the test set; return its metrics.
@@ -153,17 +166,17 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
     validation = (data.x_train[validation_indices], data.y_train[validation_indices])
 
     checkpoint_dir = run_dir / runs.CHECKPOINT_DIR
+    steps_per_epoch = -(-len(x_train) // config.batch_size)
     model, state = load_checkpoint(checkpoint_dir)
     if model is None:
-        model = build_and_compile(config, len(data.class_names))
-        state = {"epochs_done": 0, "train_seconds": 0.0, "started": datetime.now(UTC).isoformat()}
+        model = build_and_compile(config, len(data.class_names), steps_per_epoch)
+        state = {"epochs_done": 0, "train_seconds": 0.0, "started": datetime.now(UTC).isoformat(), "stopped_early": False}
     else:
         log(f"resuming {run_dir} after epoch {state['epochs_done']} of {config.epochs}")
     history = runs.read_csv(run_dir / runs.HISTORY)[: state["epochs_done"]]
-    steps_per_epoch = -(-len(x_train) // config.batch_size)
     progress = EpochProgress(config.epochs, steps_per_epoch, interactive=sys.stdout.isatty(), log=log)
 
-    for epoch in range(state["epochs_done"], config.epochs):
+    for epoch in range(state["epochs_done"], config.epochs if not state.get("stopped_early") else 0):
         order = epoch_order(config, epoch, len(x_train))
         progress.start(epoch)
         started = time.perf_counter()
@@ -183,9 +196,16 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
         history.append(row)
         progress.finish(row)
         state = {**state, "epochs_done": epoch + 1, "train_seconds": state["train_seconds"] + seconds}
+        if config.early_stopping_patience:
+            state = track_best(checkpoint_dir, model, state, row["val_accuracy"], config.early_stopping_patience)
         save_checkpoint(checkpoint_dir, model, state)
         runs.write_csv(run_dir / runs.HISTORY, history)
+        if state.get("stopped_early"):
+            log(f"early stopping: no better validation accuracy since epoch {state['best_epoch']}; keeping that epoch")
+            break
 
+    if config.early_stopping_patience:
+        model.set_weights(keras_load(checkpoint_dir / BEST_MODEL).get_weights())
     metrics = finish(run_dir, config, model, data, history, state, validation, len(x_train))
     if report:
         log(f"writing the analysis report to {run_dir / 'report.html'}")
@@ -198,16 +218,18 @@ def finish(run_dir: Path, config: TrainConfig, model, data: Dataset, history: li
     """Save the final model, evaluate on validation and then, once, on the test set; write the report."""
     runs.save_model(model, run_dir / runs.MODEL)
     runs.save_figure(plots.training_curves(history), run_dir / "training_curves.png")
-    validation_results = evaluate.evaluate_model(model, *validation, data.class_names)
-    test_results = evaluate.evaluate_model(model, data.x_test, data.y_test, data.class_names)
+    validation_results = evaluate.evaluate_model(model, *validation, data.class_names, tta=config.tta)
+    test_results = evaluate.evaluate_model(model, data.x_test, data.y_test, data.class_names, tta=config.tta)
+    epochs_trained = state["epochs_done"]
     metrics = {
         "model": config.model,
         "num_parameters": int(model.count_params()),
-        "epochs": config.epochs,
+        "epochs": epochs_trained,
+        **({"best_epoch": state["best_epoch"]} if config.early_stopping_patience else {}),
         "num_train_images": num_train_images,
         "num_validation_images": len(validation[1]),
         "train_seconds": round(state["train_seconds"], 3),
-        "images_per_second": round(num_train_images * config.epochs / state["train_seconds"], 1),
+        "images_per_second": round(num_train_images * epochs_trained / state["train_seconds"], 1),
         **validation_results.summary("val"),
     }
     runs.write_json(run_dir / runs.RUN_INFO, {

@@ -1,0 +1,91 @@
+"""The training recipe: optimizer, learning-rate schedule and loss built from a TrainConfig.
+
+    from fmnist.recipe import build_optimizer, build_loss
+    optimizer = build_optimizer(config, steps_per_epoch=422)
+    loss = build_loss(config)
+
+Everything here is backend-agnostic (`keras.ops`) and serialisable, so a checkpoint restores
+the schedule's position and the optimizer's state exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="fmnist")
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from `initial_fraction * peak` to `peak`, then decay to 0 at `total_steps`.
+
+    shape="linear" is the one-cycle triangle (airbench, fastai's fit_one_cycle without momentum
+    cycling); shape="cosine" is warm-up + cosine annealing.
+    """
+
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int, shape: str = "cosine", initial_fraction: float = 0.1):
+        self.peak, self.total_steps, self.warmup_steps = peak, total_steps, warmup_steps
+        self.shape, self.initial_fraction = shape, initial_fraction
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        warmup = max(self.warmup_steps, 1)
+        rising = self.peak * (self.initial_fraction + (1 - self.initial_fraction) * step / warmup)
+        progress = ops.clip((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 0.0, 1.0)
+        if self.shape == "cosine":
+            falling = self.peak * 0.5 * (1 + ops.cos(math.pi * progress))
+        else:
+            falling = self.peak * (1 - progress)
+        return ops.where(step < self.warmup_steps, rising, falling)
+
+    def get_config(self):
+        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                "shape": self.shape, "initial_fraction": self.initial_fraction}  # fmt: skip
+
+
+def learning_rate(config, steps_per_epoch: int):
+    if config.schedule == "constant":
+        return config.learning_rate
+    total = steps_per_epoch * config.epochs
+    warmup = round(total * config.warmup_fraction)
+    shape = "linear" if config.schedule == "onecycle" else "cosine"
+    return WarmupSchedule(config.learning_rate, total, warmup, shape)
+
+
+def build_optimizer(config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    rate = learning_rate(config, steps_per_epoch)
+    decay = config.weight_decay or None
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=True, weight_decay=decay)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(rate, weight_decay=decay)
+
+
+@keras.saving.register_keras_serializable(package="fmnist")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy from logits with integer labels and label smoothing.
+
+    Keras' SparseCategoricalCrossentropy has no label smoothing; this is the same loss against
+    targets (1 - smoothing) on the true class plus smoothing / classes on every class.
+    """
+
+    def __init__(self, smoothing: float = 0.0, name: str = "smoothed_sparse_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.smoothing = smoothing
+
+    def call(self, labels, logits):
+        log_probabilities = ops.log_softmax(logits, axis=-1)  # (batch, classes)
+        labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
+        true_class = ops.take_along_axis(log_probabilities, ops.expand_dims(labels, -1), axis=-1)[:, 0]
+        return -((1 - self.smoothing) * true_class + self.smoothing * ops.mean(log_probabilities, axis=-1))
+
+    def get_config(self):
+        return {**super().get_config(), "smoothing": self.smoothing}
+
+
+def build_loss(config) -> keras.losses.Loss:
+    if config.label_smoothing:
+        return SmoothedSparseCrossentropy(config.label_smoothing)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
