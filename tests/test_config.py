@@ -47,3 +47,16 @@ def test_every_field_is_a_flag_and_flags_override_a_config_file(tmp_path):
     assert resolve_config(arguments) == TrainConfig(epochs=4, seed=5, deterministic=False, train_subset=1000)
     flags = {action.dest for action in build_parser()._subparsers._group_actions[0].choices["train"]._actions}
     assert {field.name for field in dataclasses.fields(TrainConfig)} <= flags
+
+
+def test_presets_are_valid_and_flags_override_them():
+    from fmnist.config import PRESETS, preset
+
+    for name in PRESETS:
+        assert isinstance(preset(name), TrainConfig)
+    assert preset("spec") == TrainConfig()
+    arguments = build_parser().parse_args(["train", "--preset", "best", "--epochs", "2"])
+    config = resolve_config(arguments)
+    assert config.model == "resnet" and config.flip and config.epochs == 2
+    with pytest.raises(ValueError, match="give one of them"):
+        resolve_config(build_parser().parse_args(["train", "--preset", "fast", "--config", "x.json"]))

@@ -25,7 +25,7 @@ import types
 import typing
 from pathlib import Path
 
-from fmnist.config import TrainConfig, field_types
+from fmnist.config import PRESETS, TrainConfig, field_types, preset
 
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
@@ -46,7 +46,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(arguments: argparse.Namespace) -> TrainConfig:
-    base = TrainConfig.load(Path(arguments.config)) if arguments.config else TrainConfig()
+    if arguments.config and arguments.preset:
+        raise ValueError("--config and --preset both choose the starting point; give one of them")
+    if arguments.config:
+        base = TrainConfig.load(Path(arguments.config))
+    else:
+        base = preset(arguments.preset) if arguments.preset else TrainConfig()
     overrides = {field.name: getattr(arguments, field.name) for field in dataclasses.fields(TrainConfig)}
     return dataclasses.replace(base, **{key: value for key, value in overrides.items() if value is not None})
 
@@ -199,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser = commands.add_parser("train", help="train a model, evaluate it and write its run directory")
     train_parser.add_argument("--run-dir", help="where the run goes; an interrupted run there is resumed (default: runs/MODEL)")
     train_parser.add_argument("--config", help="a config.json to start from (flags override it)")
+    train_parser.add_argument("--preset", choices=sorted(PRESETS),
+                              help="a named set of options to start from (flags override it; see README)")
     train_parser.add_argument("--data-dir", help="directory with the four IDX files")
     train_parser.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                               help="write the analysis report at the end (default: yes; `fmnist report RUN` does it later)")

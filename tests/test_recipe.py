@@ -1,0 +1,85 @@
+"""The training recipe: schedules, label smoothing, augmentation, early stopping, TTA, presets."""
+
+import numpy as np
+import pytest
+
+from fmnist.config import TrainConfig
+from fmnist.evaluate import predict_logits, softmax
+from fmnist.models import augmentation_layers, build_model
+from fmnist.recipe import SmoothedSparseCrossentropy, WarmupSchedule, build_loss, build_optimizer
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine"])
+def test_warmup_schedule_rises_peaks_and_decays_to_zero(shape):
+    schedule = WarmupSchedule(peak=0.1, total_steps=100, warmup_steps=20, shape=shape)
+    rates = [float(schedule(step)) for step in range(101)]
+    assert rates[0] == pytest.approx(0.01)  # starts at a tenth of the peak
+    assert max(rates) == pytest.approx(0.1) and rates.index(max(rates)) == 20
+    assert all(a <= b for a, b in zip(rates[:20], rates[1:21], strict=True))
+    assert all(a >= b for a, b in zip(rates[20:-1], rates[21:], strict=True))
+    assert rates[-1] == pytest.approx(0.0, abs=1e-7)
+    assert rates[60] == pytest.approx(0.05, abs=1e-6)  # half-way down, the triangle and the cosine agree
+
+
+def test_schedule_survives_serialisation():
+    import keras
+
+    optimizer = build_optimizer(TrainConfig(optimizer="sgd", schedule="onecycle", warmup_fraction=0.25, epochs=2), 50)
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    assert float(restored.learning_rate) == pytest.approx(float(optimizer.learning_rate))
+    assert restored.get_config()["learning_rate"] == optimizer.get_config()["learning_rate"]
+    assert isinstance(restored, keras.optimizers.SGD) and restored.nesterov
+
+
+def test_smoothed_loss_matches_the_formula_and_the_plain_loss_at_zero():
+    import keras
+
+    logits = np.random.default_rng(0).normal(size=(6, 10)).astype("float32")
+    labels = np.array([0, 3, 9, 2, 2, 7])
+    plain = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, logits)
+    assert float(SmoothedSparseCrossentropy(0.0)(labels, logits)) == pytest.approx(float(plain), rel=1e-5)
+    log_probabilities = np.log(softmax(logits.astype(np.float64)))
+    targets = np.full((6, 10), 0.1 / 10)
+    targets[np.arange(6), labels] += 0.9
+    expected = -(targets * log_probabilities).sum(axis=1).mean()
+    assert float(build_loss(TrainConfig(label_smoothing=0.1))(labels, logits)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_augmentation_acts_in_training_only():
+    images = np.random.default_rng(0).integers(0, 256, size=(8, 28, 28), dtype=np.uint8)
+    model = build_model("tiny", augmentation=augmentation_layers(translate=3, flip=True, erase=1.0))
+    plain = build_model("tiny")
+    plain.set_weights(model.get_weights())
+    np.testing.assert_allclose(np.asarray(model(images, training=False)), np.asarray(plain(images, training=False)), atol=1e-6)
+    assert not np.allclose(np.asarray(model(images, training=True)), np.asarray(plain(images, training=True)), atol=1e-4)
+
+
+def test_flip_tta_averages_an_image_and_its_mirror():
+    model = build_model("tiny")
+    images = np.random.default_rng(1).integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    expected = (softmax(predict_logits(model, images)) + softmax(predict_logits(model, images[:, :, ::-1].copy()))) / 2
+    np.testing.assert_allclose(softmax(predict_logits(model, images, tta=True)), expected, atol=1e-9)
+
+
+def test_early_stopping_keeps_the_best_epoch(dataset, tmp_path):
+    from fmnist.runs import read_csv
+    from fmnist.train import train
+
+    # a learning rate far too high makes validation accuracy stall or fall after the first epochs
+    config = TrainConfig(model="tiny", epochs=6, train_subset=1000, learning_rate=0.5, early_stopping_patience=1)
+    metrics = train(config, tmp_path, data=dataset, log=lambda *a, **k: None, report=False)
+    history = read_csv(tmp_path / "history.csv")
+    best = max(range(len(history)), key=lambda i: history[i]["val_accuracy"])
+    assert metrics["best_epoch"] == best + 1
+    assert metrics["epochs"] == len(history) and len(history) - (best + 1) <= 1
+    assert metrics["val_accuracy"] == pytest.approx(history[best]["val_accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"optimizer": "rmsprop"}, "optimizer must be one of"),
+    ({"schedule": "step"}, "schedule must be one of"),
+    ({"translate": 20}, "translate must be 0-14"),
+])  # fmt: skip
+def test_bad_recipe_values(values, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**values)
