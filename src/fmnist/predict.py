@@ -21,6 +21,16 @@ from fmnist.evaluate import predict_logits, softmax
 from fmnist.images import ImageError, load_images
 
 
+def describe(probabilities: np.ndarray, class_names: list[str], top_k: int = 3) -> dict:
+    """The top classes of one image's probabilities, most likely first."""
+    ranked = np.argsort(-probabilities, kind="stable")[:top_k]
+    return {
+        "class_index": int(ranked[0]),
+        "class_name": class_names[ranked[0]],
+        "top": [{"class_name": class_names[i], "probability": float(probabilities[i])} for i in ranked],
+    }
+
+
 @dataclasses.dataclass
 class Predictor:
     model: object
@@ -36,13 +46,7 @@ class Predictor:
         return softmax(predict_logits(self.model, images))
 
     def describe(self, probabilities: np.ndarray) -> dict:
-        """The top classes of one image's probabilities, most likely first."""
-        ranked = np.argsort(-probabilities, kind="stable")[: self.top_k]
-        return {
-            "class_index": int(ranked[0]),
-            "class_name": self.class_names[ranked[0]],
-            "top": [{"class_name": self.class_names[i], "probability": float(probabilities[i])} for i in ranked],
-        }
+        return describe(probabilities, self.class_names, self.top_k)
 
     def predict_files(self, paths: list[str | Path]) -> list[dict]:
         entries, batches = [], []

@@ -21,7 +21,9 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import numpy as np
 from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
@@ -32,7 +34,7 @@ from fmnist.engine import MicroBatcher, load_engine
 from fmnist.images import ImageError, from_image_bytes
 from fmnist.metrics import ServerMetrics
 from fmnist.payloads import INPUT_NAME, OUTPUT_NAME, RequestError, check_batch, kserve_images, parse_json, tf_serving_images
-from fmnist.predict import Predictor
+from fmnist.predict import describe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +56,6 @@ def create_app(config: ServeConfig) -> FastAPI:
     engine = load_engine(run_dir, config.engine, config.threads or None)
     metrics = ServerMetrics()
     batcher = MicroBatcher(engine, config.max_batch, config.max_delay_ms / 1000, on_batch=metrics.batch_size.observe)
-    describe = Predictor(model=None, class_names=class_names).describe
 
     @asynccontextmanager
     async def lifespan(app):
@@ -151,7 +152,13 @@ def create_app(config: ServeConfig) -> FastAPI:
         if verb != "predict":
             raise RequestError(f"unsupported verb {verb!r}; this server answers :predict", status=404)
         body = parse_json(await read_body(request))
-        probabilities = await batcher.submit(tf_serving_images(body, config.max_request_images))
+        instances = body.get("instances")
+        has_files = isinstance(instances, list) and any(isinstance(instance, dict) for instance in instances)
+        if has_files:  # encoded images are decoded in a thread, as uploads are
+            images = await run_in_threadpool(tf_serving_images, body, config.max_request_images)
+        else:
+            images = tf_serving_images(body, config.max_request_images)
+        probabilities = await batcher.submit(images)
         return JSONResponse({"predictions": probabilities.tolist()})
 
     @app.post("/predict", summary="Upload image files (multipart field 'files'); top classes for each")
@@ -159,15 +166,14 @@ def create_app(config: ServeConfig) -> FastAPI:
         check_batch(files, config.max_request_images)
         images = []
         for upload_file in files:
-            try:
-                images.append(from_image_bytes(await upload_file.read(), upload_file.filename or "upload"))
+            try:  # decoding a large image takes a while: in a thread, so the event loop goes on serving
+                data, name = await upload_file.read(), upload_file.filename or "upload"
+                images.append(await run_in_threadpool(from_image_bytes, data, name))
             except ImageError as error:
                 raise RequestError(str(error)) from None
-        import numpy as np
-
         probabilities = await batcher.submit(np.stack(images))
         return {"model": model_name, "predictions": [
-            {"filename": upload_file.filename, **describe(row), "input_png": png_data_uri(image)}
+            {"filename": upload_file.filename, **describe(row, class_names), "input_png": png_data_uri(image)}
             for upload_file, row, image in zip(files, probabilities, images, strict=True)
         ]}  # fmt: skip
 

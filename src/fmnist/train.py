@@ -215,7 +215,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
 
 def finish(run_dir: Path, config: TrainConfig, model, data: Dataset, history: list[dict],
            state: dict, validation: tuple[np.ndarray, np.ndarray], num_train_images: int) -> dict:
-    """Save the final model, evaluate on validation and then, once, on the test set; write the report."""
+    """Save the final model, evaluate on validation and then, once, on the test set; write the run's files."""
     runs.save_model(model, run_dir / runs.MODEL)
     runs.save_figure(plots.training_curves(history), run_dir / "training_curves.png")
     validation_results = evaluate.evaluate_model(model, *validation, data.class_names, tta=config.tta)
