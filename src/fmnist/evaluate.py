@@ -36,8 +36,10 @@ def predict_logits(model, images: np.ndarray, batch_size: int = PREDICT_BATCH_SI
     With `tta`, each image and its mirror image are predicted and their probabilities averaged;
     the log of that average is returned, so that softmax of the result is the average.
     """
-    batches = [
-        np.asarray(model(images[start : start + batch_size], training=False), dtype=np.float64)
+    import keras
+
+    batches = [  # convert_to_numpy: a PyTorch tensor that tracks gradients refuses np.asarray
+        keras.ops.convert_to_numpy(model(images[start : start + batch_size], training=False)).astype(np.float64)
         for start in range(0, len(images), batch_size)
     ]
     logits = np.concatenate(batches) if batches else np.zeros((0, model.output_shape[-1]))
