@@ -163,7 +163,7 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.post("/predict", summary="Upload image files (multipart field 'files'); top classes for each")
     async def upload(files: list[UploadFile] = File(..., description="PNG, JPEG or any image Pillow reads")):
-        check_batch(files, config.max_request_images)
+        check_batch(len(files), config.max_request_images)
         images = []
         for upload_file in files:
             try:  # decoding a large image takes a while: in a thread, so the event loop goes on serving
