@@ -70,6 +70,15 @@ def test_evaluate_on_given_arrays(baseline_run, dataset, tmp_path):
             "--labels", str(tmp_path / "labels.npy"), "--output", str(tmp_path / "out"))  # fmt: skip
     with open(tmp_path / "out" / "confusion_matrix.csv") as file:
         assert sum(int(value) for row in list(csv.reader(file))[1:] for value in row[1:]) == 500
+    for name, content, message in (("bad.npy", b"not numpy", "not a readable .npy array"),
+                                   ("big.npy", None, "labels must be whole numbers from 0 to 9")):  # fmt: skip
+        if content is None:
+            np.save(tmp_path / name, np.full(500, 12))
+        else:
+            (tmp_path / name).write_bytes(content)
+        result = run_cli("evaluate", str(baseline_run), "--images", str(tmp_path / "images.npy"),
+                         "--labels", str(tmp_path / name), check=False)  # fmt: skip
+        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_predict_png_files_as_json(baseline_run, dataset, tmp_path):

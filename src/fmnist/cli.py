@@ -71,27 +71,22 @@ def command_train(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def load_array_file(path: str):
-    from fmnist.data import parse_idx, read_bytes
-
-    if path.endswith(".npy"):
-        import numpy as np
-
-        return np.load(path, allow_pickle=False)
-    return parse_idx(read_bytes(Path(path)), path)
-
-
 def command_evaluate(arguments: argparse.Namespace) -> int:
+    import numpy as np
+
     from fmnist.evaluate import evaluate_run
-    from fmnist.images import array_to_images
+    from fmnist.images import array_to_images, read_array
 
     if (arguments.images is None) != (arguments.labels is None):
         raise ValueError("--images and --labels go together")
     if arguments.images:
-        images = array_to_images(load_array_file(arguments.images), arguments.images)
-        labels = load_array_file(arguments.labels).astype("int64").ravel()
+        images = array_to_images(read_array(arguments.images), arguments.images)
+        labels = read_array(arguments.labels).ravel()
         if len(labels) != len(images):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
+            raise ValueError(f"{arguments.labels}: labels must be whole numbers from 0 to 9")
+        labels = labels.astype("int64")
         output = Path(arguments.output or Path(arguments.run) / "evaluations" / Path(arguments.images).name.split(".")[0])
         results = evaluate_run(arguments.run, images, labels, output_dir=output)
     else:

@@ -111,26 +111,37 @@ def array_to_images(array: np.ndarray, name: str) -> np.ndarray:
     return np.rint(array).astype(np.uint8)
 
 
-def load_images(path: str | Path) -> np.ndarray:
-    """(n, 28, 28) uint8 from an image file, a .npy file, or an IDX file (.gz or not)."""
+def is_array_file(path: Path) -> bool:
+    return path.suffix == ".npy" or is_idx(path)
+
+
+def read_array(path: str | Path) -> np.ndarray:
+    """The array in a .npy or IDX file (.gz or not), as stored; ImageError if it cannot be read."""
     path = Path(path)
     name = str(path)
     if not path.is_file():
         raise ImageError(f"{name}: no such file")
     if path.suffix == ".npy":
         try:
-            array = np.load(path, allow_pickle=False)
+            return np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as error:
             raise ImageError(f"{name}: not a readable .npy array ({error})") from None
-        return array_to_images(array, name)
-    if is_idx(path):
-        from fmnist.data import DataError, parse_idx, read_bytes
+    from fmnist.data import DataError, parse_idx, read_bytes
 
-        try:
-            return array_to_images(parse_idx(read_bytes(path), name), name)
-        except DataError as error:
-            raise ImageError(str(error)) from None
-    return from_image_bytes(path, name)[np.newaxis]
+    try:
+        return parse_idx(read_bytes(path), name)
+    except DataError as error:
+        raise ImageError(str(error)) from None
+
+
+def load_images(path: str | Path) -> np.ndarray:
+    """(n, 28, 28) uint8 from an image file, a .npy file, or an IDX file (.gz or not)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file")
+    if is_array_file(path):
+        return array_to_images(read_array(path), str(path))
+    return from_image_bytes(path, str(path))[np.newaxis]
 
 
 def is_idx(path: Path) -> bool:
