@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import cli_command, run_cli
+from conftest import Server, cli_command, kserve_body, run_cli
 from fmnist.data import FILES
 
 pytestmark = pytest.mark.slow
@@ -127,22 +127,88 @@ def uninterrupted_run(tmp_path_factory, real_data_dir):
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
 def test_interrupted_training_resumes_to_the_same_result(tmp_path, real_data_dir, uninterrupted_run, how):
     """The same seed twice gives the same accuracy, whether or not the run was killed on the way."""
-    options = [*RESUME_OPTIONS, "--data-dir", str(real_data_dir)]
-    whole = uninterrupted_run
-    command = cli_command("train", "--run-dir", str(tmp_path / "cut"), *options)
+    assert_resumes_identically(tmp_path / "cut", [*RESUME_OPTIONS, "--data-dir", str(real_data_dir)], uninterrupted_run, how)
+
+
+def test_interrupted_training_with_augmentation_and_ema_resumes_to_the_same_result(tmp_path, real_data_dir):
+    """Augmentation draws random numbers and EMA keeps averages in the optimizer: both must resume exactly."""
+    options = [*RESUME_OPTIONS, "--translate", "2", "--flip", "--erase", "0.5", "--ema", "0.9",
+               "--schedule", "onecycle", "--warmup-fraction", "0.3", "--label-smoothing", "0.1",
+               "--data-dir", str(real_data_dir)]  # fmt: skip
+    run_cli("train", "--run-dir", str(tmp_path / "whole"), *options)
+    assert_resumes_identically(tmp_path / "cut", options, tmp_path / "whole", signal.SIGKILL)
+
+
+def assert_resumes_identically(cut_dir, options, whole, how):
+    command = cli_command("train", "--run-dir", str(cut_dir), *options)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})  # fmt: skip
-    wait_for_epoch(tmp_path / "cut", 1, process)
+    wait_for_epoch(cut_dir, 1, process)
     process.send_signal(how)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == (130 if how == signal.SIGTERM else -signal.SIGKILL), stderr
-    assert not (tmp_path / "cut" / "metrics.json").exists()
-    resumed = run_cli("train", "--run-dir", str(tmp_path / "cut"), *options)
+    assert not (cut_dir / "metrics.json").exists()
+    resumed = run_cli("train", "--run-dir", str(cut_dir), *options)
     assert "resuming" in resumed.stdout
-    assert not (tmp_path / "cut" / "report.html").exists()  # --no-report
+    assert not (cut_dir / "report.html").exists()  # --no-report
     whole_metrics = json.loads((whole / "metrics.json").read_text())
-    cut = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    cut = json.loads((cut_dir / "metrics.json").read_text())
     assert cut["test_accuracy"] == whole_metrics["test_accuracy"] and cut["test_loss"] == whole_metrics["test_loss"]
     history_whole = (whole / "history.csv").read_text().splitlines()
-    history_cut = (tmp_path / "cut" / "history.csv").read_text().splitlines()
+    history_cut = (cut_dir / "history.csv").read_text().splitlines()
     assert [line.rsplit(",", 1)[0] for line in history_cut] == [line.rsplit(",", 1)[0] for line in history_whole]
+
+
+
+def saved_test_probabilities(run_dir):
+    with np.load(run_dir / "test_predictions.npz") as saved:
+        logits = saved["logits"].astype(np.float64)
+    exponentials = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+def test_ensemble_predict_and_evaluate_average_the_runs(baseline_run, uninterrupted_run, real_data_dir, dataset, tmp_path):
+    runs = [baseline_run, uninterrupted_run]
+    expected = np.mean([saved_test_probabilities(run) for run in runs], axis=0)  # each run's own test evaluation
+    np.save(tmp_path / "ten.npy", dataset.x_test[:10])
+    entries = json.loads(run_cli("predict", str(runs[0]), str(tmp_path / "ten.npy"), "--ensemble", str(runs[1]),
+                                 "--json", "--top", "10").stdout)  # fmt: skip
+    names = json.loads((baseline_run / "class_names.json").read_text())
+    predicted = np.array([[dict((top["class_name"], top["probability"]) for top in entry["top"])[name] for name in names]
+                          for entry in entries])  # fmt: skip
+    np.testing.assert_allclose(predicted, expected[:10], atol=1e-5)
+
+    result = run_cli("evaluate", str(runs[0]), "--ensemble", str(runs[1]), "--data-dir", str(real_data_dir))
+    metrics = json.loads((runs[0] / "evaluations" / "test-ensemble" / "metrics.json").read_text())
+    assert metrics["eval_accuracy"] == pytest.approx(np.mean(expected.argmax(axis=1) == dataset.y_test))
+    assert metrics["runs"] == [str(run) for run in runs] and f"accuracy {metrics['eval_accuracy']:.4f}" in result.stdout
+    assert json.loads((runs[0] / "metrics.json").read_text())["test_accuracy"] != metrics["eval_accuracy"]  # run untouched
+
+
+def test_served_ensemble_with_tta_averages_four_predictions(baseline_run, uninterrupted_run, dataset):
+    from fmnist.evaluate import predict_logits, softmax
+    from fmnist.runs import load_model
+
+    images = dataset.x_test[:16]
+    expected = np.mean([softmax(predict_logits(load_model(run), view)) for run in (baseline_run, uninterrupted_run)
+                        for view in (images, images[:, :, ::-1].copy())], axis=0)  # fmt: skip
+    server = Server(baseline_run, "--ensemble", str(uninterrupted_run), "--tta")
+    try:
+        import httpx
+
+        info = httpx.get(f"{server.url}/info").json()
+        assert info["tta"] is True and info["ensemble"] == [str(baseline_run), str(uninterrupted_run)]
+        body = httpx.post(f"{server.url}/v2/models/shop/infer", json=kserve_body(images)).json()
+        served = np.array(body["outputs"][0]["data"]).reshape(16, 10)
+        np.testing.assert_allclose(served, expected, atol=1e-5)
+    finally:
+        server.close()
+
+
+def test_ensemble_of_runs_with_other_classes_is_refused(baseline_run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(baseline_run, other)
+    names = json.loads((other / "class_names.json").read_text())
+    (other / "class_names.json").write_text(json.dumps(names[::-1]))
+    result = run_cli("predict", str(baseline_run), str(other / "confusion_matrix.png"), "--ensemble", str(other), check=False)
+    assert result.returncode == 1 and "other classes" in result.stderr and "Traceback" not in result.stderr

@@ -1,4 +1,6 @@
-"""The training recipe: schedules, label smoothing, augmentation, early stopping, TTA, presets."""
+"""The training recipe: schedules, label smoothing, augmentation, early stopping, TTA, EMA, mixed precision."""
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -83,3 +85,55 @@ def test_early_stopping_keeps_the_best_epoch(dataset, tmp_path):
 def test_bad_recipe_values(values, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**values)
+
+
+def fit_with_ema(fits: int, epochs_per_fit: int):
+    import keras
+
+    from fmnist.recipe import ema_callbacks
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, size=(256, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=256)
+    model = build_model("tiny")
+    model.compile(optimizer=build_optimizer(TrainConfig(ema=0.9, learning_rate=1e-2), 8), loss=build_loss(TrainConfig()))
+    for _ in range(fits):
+        callbacks = ema_callbacks(model) if fits > 1 else []
+        model.fit(images, labels, batch_size=32, epochs=epochs_per_fit, shuffle=False, verbose=0, callbacks=callbacks)
+    return model
+
+
+def test_ema_over_one_fit_per_epoch_equals_one_long_fit():
+    """Training runs one `fit` per epoch; with EMA that must neither restart epochs from the average nor lose it."""
+    from fmnist.recipe import averaged_weights
+
+    long = fit_with_ema(fits=1, epochs_per_fit=3)  # Keras ends the fit by adopting the averaged weights
+    per_epoch = fit_with_ema(fits=3, epochs_per_fit=1)
+    training_weights = per_epoch.get_weights()
+    with averaged_weights(per_epoch):
+        averaged = per_epoch.get_weights()
+    for mine, expected in zip(averaged, long.get_weights(), strict=True):
+        np.testing.assert_allclose(mine, expected, rtol=1e-4, atol=1e-6)
+    assert any(not np.allclose(a, b, atol=1e-4) for a, b in zip(averaged, training_weights, strict=True))
+    for restored, before in zip(per_epoch.get_weights(), training_weights, strict=True):
+        np.testing.assert_array_equal(restored, before)  # the block leaves the training weights as they were
+
+
+def test_mixed_precision_computes_in_16_bits_and_keeps_float32_logits(dataset, tmp_path):
+    from fmnist.runs import load_model
+    from fmnist.train import train
+
+    config = TrainConfig(model="tiny", epochs=2, train_subset=2000, batch_size=64, learning_rate=1e-2)
+    quiet = {"data": dataset, "log": lambda *a, **k: None, "report": False}
+    full = train(config, tmp_path / "float32", **quiet)
+    metrics = train(dataclasses.replace(config, mixed_precision=True), tmp_path, **quiet)
+    assert metrics["test_accuracy"] > 0.3 and abs(metrics["test_accuracy"] - full["test_accuracy"]) < 0.05  # learns as well
+    import keras
+
+    assert keras.config.dtype_policy().name == "float32"  # the policy applied to that run's layers only
+    model = load_model(tmp_path)
+    compute_dtypes = {layer.name: layer.dtype_policy.compute_dtype for layer in model.layers if layer.weights}
+    assert compute_dtypes.pop("logits") == "float32"
+    assert set(compute_dtypes.values()) == {"bfloat16"}  # no GPU here; a GPU gets float16
+    assert all(weight.dtype == "float32" for weight in model.weights)
+    assert predict_logits(model, dataset.x_test[:4]).dtype == np.float64

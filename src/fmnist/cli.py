@@ -3,12 +3,12 @@
     fmnist data [--data-dir DIR] [--download] [--grid samples.png]
     fmnist models
     fmnist train [--model baseline] [--epochs 10] [--seed 0] [--run-dir runs/baseline] ...
-    fmnist evaluate RUN [--images FILE --labels FILE --output DIR]
-    fmnist predict RUN FILE... [--json] [--top 3]
+    fmnist evaluate RUN [--images FILE --labels FILE --output DIR] [--ensemble RUN2 ...] [--tta]
+    fmnist predict RUN FILE... [--json] [--top 3] [--ensemble RUN2 ...] [--tta]
     fmnist report RUN
     fmnist compare RUN RUN... [--json]
     fmnist export RUN [--format onnx|saved_model]
-    fmnist serve RUN [--host 127.0.0.1] [--port 8000] [--workers 1]
+    fmnist serve RUN [--host 127.0.0.1] [--port 8000] [--workers 1] [--ensemble RUN2 ...] [--tta]
 
 Keras (and its backend) is imported only by the commands that need it, after `--backend`
 has been applied, so `--help` and `fmnist data` start quickly.
@@ -79,6 +79,7 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
 
     if (arguments.images is None) != (arguments.labels is None):
         raise ValueError("--images and --labels go together")
+    ensemble = tuple(arguments.ensemble or ())
     if arguments.images:
         images = array_to_images(read_array(arguments.images), arguments.images)
         labels = read_array(arguments.labels).ravel()
@@ -88,7 +89,12 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
             raise ValueError(f"{arguments.labels}: labels must be whole numbers from 0 to 9")
         labels = labels.astype("int64")
         output = Path(arguments.output or Path(arguments.run) / "evaluations" / Path(arguments.images).name.split(".")[0])
-        results = evaluate_run(arguments.run, images, labels, output_dir=output)
+        results = evaluate_run(arguments.run, images, labels, output_dir=output, ensemble=ensemble, tta=arguments.tta)
+    elif ensemble or arguments.tta is not None:
+        name = "test" + ("-ensemble" if ensemble else "") + {None: "", True: "-tta", False: "-no-tta"}[arguments.tta]
+        output = Path(arguments.output or Path(arguments.run) / "evaluations" / name)
+        results = evaluate_run(arguments.run, output_dir=output, data_dir=arguments.data_dir,
+                               ensemble=ensemble, tta=arguments.tta)
     else:
         output = Path(arguments.run)
         results = evaluate_run(arguments.run, data_dir=arguments.data_dir)
@@ -99,7 +105,8 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
 def command_predict(arguments: argparse.Namespace) -> int:
     from fmnist.predict import Predictor
 
-    entries = Predictor.from_run(arguments.run, top_k=arguments.top).predict_files(arguments.files)
+    predictor = Predictor.from_runs([arguments.run, *(arguments.ensemble or ())], top_k=arguments.top, tta=arguments.tta)
+    entries = predictor.predict_files(arguments.files)
     if arguments.json:
         print(json.dumps(entries, indent=2))
     for entry in entries:
@@ -168,7 +175,8 @@ def command_serve(arguments: argparse.Namespace) -> int:
     from fmnist.serve import ServeConfig, serve
 
     config = ServeConfig(run_dir=arguments.run, engine=arguments.engine, max_batch=arguments.max_batch,
-                         max_delay_ms=arguments.max_delay_ms, max_body_bytes=arguments.max_body_mb * 1024 * 1024)  # fmt: skip
+                         max_delay_ms=arguments.max_delay_ms, max_body_bytes=arguments.max_body_mb * 1024 * 1024,
+                         ensemble=tuple(arguments.ensemble or ()), tta=arguments.tta)  # fmt: skip
     serve(config, host=arguments.host, port=arguments.port, workers=arguments.workers)
     return 0
 
@@ -179,6 +187,13 @@ def command_models(arguments: argparse.Namespace) -> int:
     for name, description in DESCRIPTIONS.items():
         print(f"{name:12s} {build_model(name).count_params():>10,d} parameters  {description}")
     return 0
+
+
+def add_ensemble_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ensemble", action="append", metavar="RUN",
+                        help="another run whose probabilities are averaged with RUN's (repeat for more)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="average each image's prediction with its mirror image's (default: as RUN was evaluated)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--labels", help="labels as .npy or IDX, with --images")
     evaluate_parser.add_argument("--output", help="where results on --images go (default: RUN/evaluations/NAME)")
     evaluate_parser.add_argument("--data-dir", help="directory with the four IDX files")
+    add_ensemble_options(evaluate_parser)
     evaluate_parser.set_defaults(handler=command_evaluate)
 
     report_parser = commands.add_parser("report", help="write the run's analysis: report.html and report.md")
@@ -241,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--max-batch", type=int, default=256, help="most images per model call")
     serve_parser.add_argument("--max-delay-ms", type=float, default=2.0, help="longest wait to fill a batch")
     serve_parser.add_argument("--max-body-mb", type=int, default=10, help="largest request body (default: 10)")
+    add_ensemble_options(serve_parser)
     serve_parser.set_defaults(handler=command_serve)
 
     predict_parser = commands.add_parser("predict", help="classify image files (PNG, JPEG, ...), .npy or IDX arrays")
@@ -248,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("files", nargs="+", metavar="FILE")
     predict_parser.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
     predict_parser.add_argument("--top", type=int, default=3, help="how many classes to show (default: 3)")
+    add_ensemble_options(predict_parser)
     predict_parser.set_defaults(handler=command_predict)
     return parser
 

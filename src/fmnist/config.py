@@ -40,6 +40,8 @@ class TrainConfig:
     translate: int = _field(0, "augmentation: random shifts of up to this many pixels (0: off)")
     flip: bool = _field(False, "augmentation: random horizontal flips")
     erase: float = _field(0.0, "augmentation: probability of erasing a random rectangle (cutout)")
+    ema: float = _field(0.0, "momentum of an exponential moving average of the weights, which is validated, kept "
+                             "and saved instead of the last weights (0: off; 0.99-0.999 typical)")
     tta: bool = _field(False, "test-time augmentation: average the predictions for each image and its mirror image")
     early_stopping_patience: int = _field(0, "stop after this many epochs without a better validation accuracy, "
                                              "keeping the best epoch's weights (0: off)")
@@ -48,6 +50,8 @@ class TrainConfig:
                                 "with different seeds are judged on the same validation images")
     seed: int = _field(0, "seed of weight initialisation and of the order of the images in each epoch")
     deterministic: bool = _field(True, "bit-for-bit repeatable runs (TensorFlow op determinism)")
+    mixed_precision: bool = _field(False, "compute in 16-bit floats with float32 weights (float16 on a GPU, "
+                                          "bfloat16 on a CPU); for GPUs, slower on most CPUs")
     train_subset: int | None = _field(None, "train on only this many training images (stratified); for quick trials")
 
     def __post_init__(self):
@@ -64,8 +68,9 @@ class TrainConfig:
             problems.append(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
-        if not 0 <= self.warmup_fraction < 1 or not 0 <= self.label_smoothing < 1 or not 0 <= self.erase <= 1:
-            problems.append("warmup_fraction and label_smoothing must be in [0, 1), erase in [0, 1]")
+        if not 0 <= self.warmup_fraction < 1 or not 0 <= self.label_smoothing < 1 or not 0 <= self.erase <= 1 \
+                or not 0 <= self.ema < 1:
+            problems.append("warmup_fraction, label_smoothing and ema must be in [0, 1), erase in [0, 1]")
         if self.translate < 0 or self.translate > 14 or self.weight_decay < 0 or self.early_stopping_patience < 0:
             problems.append("translate must be 0-14 pixels; weight_decay and early_stopping_patience not negative")
         if self.train_subset is not None and self.train_subset < 100:

@@ -45,8 +45,25 @@ def predict_logits(model, images: np.ndarray, batch_size: int = PREDICT_BATCH_SI
     logits = np.concatenate(batches) if batches else np.zeros((0, model.output_shape[-1]))
     if not tta:
         return logits
-    mirrored = predict_logits(model, np.ascontiguousarray(images[:, :, ::-1]), batch_size)
-    return np.log((softmax(logits) + softmax(mirrored)) / 2)
+    mirrored = predict_logits(model, mirror(images), batch_size)
+    return log_mean_probabilities([logits, mirrored])
+
+
+def mirror(images: np.ndarray) -> np.ndarray:
+    """Images (n, 28, 28) flipped left to right: the view flip test-time augmentation adds."""
+    return np.ascontiguousarray(images[:, :, ::-1])
+
+
+def log_mean_probabilities(logits: list[np.ndarray]) -> np.ndarray:
+    """log(mean of softmax(l) over the list), computed without underflow; its softmax is that mean."""
+    from scipy.special import log_softmax, logsumexp
+
+    return logsumexp([log_softmax(each, axis=1) for each in logits], axis=0) - np.log(len(logits))
+
+
+def ensemble_logits(models: list, images: np.ndarray, tta: bool = False) -> np.ndarray:
+    """Several models as one: the log of their averaged probabilities (each with flip TTA when `tta`)."""
+    return log_mean_probabilities([predict_logits(model, images, tta=tta) for model in models])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,28 +149,38 @@ def load_test_predictions(run_dir: Path, class_names) -> ClassificationResults |
 
 
 def evaluate_run(run_dir: Path, images: np.ndarray | None = None, labels: np.ndarray | None = None,
-                 output_dir: Path | None = None, data_dir: Path | None = None) -> ClassificationResults:
+                 output_dir: Path | None = None, data_dir: Path | None = None,
+                 ensemble: tuple[Path, ...] = (), tta: bool | None = None) -> ClassificationResults:
     """Evaluate a finished run on the test set (default) or on the given images and labels.
 
-    On the test set the run's metrics, confusion matrix and report are rewritten in place; on
-    other data the results go to `output_dir` (required then) and the run is left as it was.
+    On the test set, as the run was trained (its own `tta`, no ensemble), the run's metrics,
+    confusion matrix and report are rewritten in place. Otherwise (other data, other runs in
+    `ensemble` whose probabilities are averaged with this one's, or another `tta`) the results
+    go to `output_dir` (required then) and the run is left as it was.
     """
     run_dir = runs.require_run(run_dir)
-    model, class_names = runs.load_model(run_dir), runs.load_class_names(run_dir)
-    tta = bool(runs.read_json(run_dir / runs.CONFIG).get("tta"))  # evaluate as the run was evaluated
+    members = [run_dir, *map(Path, ensemble)]
+    class_names = runs.ensemble_class_names(members)
+    tta = runs.run_tta(run_dir) if tta is None else tta
+    as_trained = not ensemble and tta == runs.run_tta(run_dir)
+    models = [runs.load_model(member) for member in members]
     if images is None:
         from fmnist.data import load_dataset
 
         dataset = load_dataset(data_dir)
-        results = evaluate_model(model, dataset.x_test, dataset.y_test, class_names, tta=tta)
-        write_run_evaluation(run_dir, runs.read_json(run_dir / runs.METRICS), results)
-        from fmnist.report import write_report  # report imports this module
+        images, labels = dataset.x_test, dataset.y_test
+        if as_trained:
+            results = evaluate_model(models[0], images, labels, class_names, tta=tta)
+            write_run_evaluation(run_dir, runs.read_json(run_dir / runs.METRICS), results)
+            from fmnist.report import write_report  # report imports this module
 
-        write_report(run_dir, data=dataset, test_results=results, model=model)
-        return results
+            write_report(run_dir, data=dataset, test_results=results, model=models[0])
+            return results
     if output_dir is None:
-        raise ValueError("evaluating on other data needs an output directory")
-    results = evaluate_model(model, images, labels, class_names, tta=tta)
-    write_results(results, Path(output_dir), f"accuracy {results.accuracy:.4f} on {len(labels):,} images")
-    runs.write_json(Path(output_dir) / runs.METRICS, results.summary("eval") | {"num_images": len(labels)})
+        raise ValueError("evaluating on other data, with an ensemble or another --tta needs an output directory")
+    results = ClassificationResults(ensemble_logits(models, images, tta), np.asarray(labels, dtype=np.int64), tuple(class_names))
+    members_note = f" (ensemble of {len(members)} runs)" if ensemble else ""
+    write_results(results, Path(output_dir), f"accuracy {results.accuracy:.4f} on {len(labels):,} images{members_note}")
+    summary = results.summary("eval") | {"num_images": len(labels), "runs": [str(member) for member in members], "tta": tta}
+    runs.write_json(Path(output_dir) / runs.METRICS, summary)
     return results

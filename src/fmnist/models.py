@@ -8,7 +8,8 @@
 Scaling to [0, 1], the channel axis and the data augmentation live inside the model, so a saved
 `.keras` file needs no preprocessing code next to it; Keras' augmentation layers act only in
 training and pass images through unchanged at inference. Register a new architecture with
-`@register`; it must name its last layer "logits" (the analysis reads the layer before it).
+`@register`; it must name its last layer "logits" (the analysis reads the layer before it) and
+give it dtype float32, so that under mixed precision the loss and softmax still see float32.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def baseline(num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer
     x = layers.MaxPooling2D(2)(x)  # (batch, 5, 5, 64)
     x = layers.Flatten()(x)
     x = layers.Dense(64, activation="relu")(x)
-    logits = layers.Dense(num_classes, name="logits")(x)
+    logits = layers.Dense(num_classes, name="logits", dtype="float32")(x)
     return keras.Model(images, logits, name="baseline")
 
 
@@ -83,7 +84,7 @@ def tiny(num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer] = 
     x = layers.Conv2D(8, 3, strides=2, activation="relu")(x)  # (batch, 13, 13, 8)
     x = layers.Conv2D(16, 3, strides=2, activation="relu")(x)  # (batch, 6, 6, 16)
     x = layers.GlobalAveragePooling2D()(x)
-    logits = layers.Dense(num_classes, name="logits")(x)
+    logits = layers.Dense(num_classes, name="logits", dtype="float32")(x)
     return keras.Model(images, logits, name="tiny")
 
 
@@ -104,7 +105,7 @@ def bn_cnn(num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer] 
             x = layers.MaxPooling2D(2)(x)
     x = layers.GlobalAveragePooling2D()(x)  # (batch, 128)
     x = layers.Dropout(0.2)(x)
-    logits = layers.Dense(num_classes, name="logits")(x)
+    logits = layers.Dense(num_classes, name="logits", dtype="float32")(x)
     return keras.Model(images, logits, name="bn_cnn")
 
 
@@ -121,5 +122,5 @@ def resnet(num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer] 
         x = conv_bn(conv_bn(x, filters), filters, activation=False)
         x = layers.ReLU()(layers.Add()([x, shortcut]))
     x = layers.GlobalAveragePooling2D()(x)  # (batch, 128)
-    logits = layers.Dense(num_classes, name="logits")(x)
+    logits = layers.Dense(num_classes, name="logits", dtype="float32")(x)
     return keras.Model(images, logits, name="resnet")

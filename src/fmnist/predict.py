@@ -4,6 +4,7 @@
     predictor = Predictor.from_run("runs/baseline")
     predictor.predict_files(["shirt.png", "batch.npy"])
     # [{"path": "shirt.png", "class_index": 6, "class_name": "Shirt", "top": [...]}, ...]
+    Predictor.from_runs(["runs/seed0", "runs/seed1"], tta=True)   # an ensemble, with flip TTA
 
 A file that cannot be read yields {"path": ..., "error": ...} and the others are still
 classified. Array files with several images yield one entry per image, with its "index".
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fmnist import runs
-from fmnist.evaluate import predict_logits, softmax
+from fmnist.evaluate import ensemble_logits, softmax
 from fmnist.images import ImageError, load_images
 
 
@@ -33,17 +34,26 @@ def describe(probabilities: np.ndarray, class_names: list[str], top_k: int = 3) 
 
 @dataclasses.dataclass
 class Predictor:
-    model: object
+    models: list  # one model, or several whose probabilities are averaged (an ensemble)
     class_names: list[str]
     top_k: int = 3
+    tta: bool = False  # also predict each image's mirror image and average
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, top_k: int = 3) -> Predictor:
-        return cls(runs.load_model(run_dir), runs.load_class_names(run_dir), top_k)
+    def from_run(cls, run_dir: str | Path, top_k: int = 3, tta: bool | None = None) -> Predictor:
+        return cls.from_runs([run_dir], top_k, tta)
+
+    @classmethod
+    def from_runs(cls, run_dirs: list[str | Path], top_k: int = 3, tta: bool | None = None) -> Predictor:
+        """The runs' models as one classifier; `tta` defaults to what the first run was evaluated with."""
+        run_dirs = [Path(run_dir) for run_dir in run_dirs]
+        class_names = runs.ensemble_class_names(run_dirs)
+        tta = runs.run_tta(run_dirs[0]) if tta is None else tta
+        return cls([runs.load_model(run_dir) for run_dir in run_dirs], class_names, top_k, tta)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(n, classes) softmax probabilities for uint8 images (n, 28, 28)."""
-        return softmax(predict_logits(self.model, images))
+        return softmax(ensemble_logits(self.models, images, self.tta))
 
     def describe(self, probabilities: np.ndarray) -> dict:
         return describe(probabilities, self.class_names, self.top_k)

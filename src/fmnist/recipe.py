@@ -10,6 +10,7 @@ the schedule's position and the optimizer's state exactly.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import keras
@@ -56,11 +57,61 @@ def learning_rate(config, steps_per_epoch: int):
 def build_optimizer(config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     rate = learning_rate(config, steps_per_epoch)
     decay = config.weight_decay or None
+    # Keras keeps the weight average in the optimizer, so checkpoints carry it and a resumed run continues it
+    average = {"use_ema": config.ema > 0, "ema_momentum": config.ema or 0.99}
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=True, weight_decay=decay)
+        return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=True, weight_decay=decay, **average)
     if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
-    return keras.optimizers.Adam(rate, weight_decay=decay)
+        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay, **average)
+    return keras.optimizers.Adam(rate, weight_decay=decay, **average)
+
+
+def uses_ema(model: keras.Model) -> bool:
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under a LossScaleOptimizer
+    return bool(getattr(optimizer, "use_ema", False))
+
+
+class KeepTrainingWeights(keras.callbacks.Callback):
+    """Undo the copy of the averaged weights into the model that ends every `fit` with EMA.
+
+    Keras' `fit` finishes with `optimizer.finalize_variable_values`, which overwrites the weights
+    with their moving average. Training runs one `fit` per epoch, so without this every epoch
+    would restart from the average instead of from where training was. The averaged weights are
+    used for validation (keras.callbacks.SwapEMAWeights) and at the end (`averaged_weights`).
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.training_weights = [ops.convert_to_numpy(variable) for variable in self.model.trainable_weights]
+
+    def on_train_end(self, logs=None):
+        for variable, value in zip(self.model.trainable_weights, self.training_weights, strict=True):
+            variable.assign(value)
+
+
+def ema_callbacks(model: keras.Model) -> list[keras.callbacks.Callback]:
+    """Validate on the averaged weights and keep training from the raw ones; nothing without EMA."""
+    return [keras.callbacks.SwapEMAWeights(), KeepTrainingWeights()] if uses_ema(model) else []
+
+
+def adopt_averaged_weights(model: keras.Model) -> None:
+    """Replace the weights by their moving average, for good (the end of training); nothing without EMA."""
+    if uses_ema(model):
+        model.optimizer.finalize_variable_values(model.trainable_weights)
+
+
+@contextlib.contextmanager
+def averaged_weights(model: keras.Model):
+    """Inside the block the model holds the moving average of its weights (unchanged without EMA)."""
+    if not uses_ema(model):
+        yield model
+        return
+    training_weights = [ops.convert_to_numpy(variable) for variable in model.trainable_weights]
+    adopt_averaged_weights(model)
+    try:
+        yield model
+    finally:
+        for variable, value in zip(model.trainable_weights, training_weights, strict=True):
+            variable.assign(value)
 
 
 @keras.saving.register_keras_serializable(package="fmnist")
@@ -89,3 +140,38 @@ def build_loss(config) -> keras.losses.Loss:
     if config.label_smoothing:
         return SmoothedSparseCrossentropy(config.label_smoothing)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def accelerator_present() -> bool:
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
+def mixed_policy() -> str:
+    # float16 needs loss scaling (Keras' compile adds it) and is fast on GPUs; CPUs have no float16
+    # arithmetic worth the name, and bfloat16 has float32's range, so no scaling
+    return "mixed_float16" if accelerator_present() else "mixed_bfloat16"
+
+
+@contextlib.contextmanager
+def precision(mixed: bool):
+    """Layers created inside the block compute in 16 bits when `mixed` (weights stay float32)."""
+    previous = keras.config.dtype_policy()
+    if mixed:
+        keras.config.set_dtype_policy(mixed_policy())
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

@@ -159,3 +159,17 @@ def load_model(run_dir: Path):
         return keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many kinds for a damaged archive
         raise RunError(f"{path} cannot be loaded ({type(error).__name__}: {error}); retrain the run") from None
+
+
+def ensemble_class_names(run_dirs: list[Path]) -> list[str]:
+    """The class names shared by several finished runs, which an ensemble needs; RunError if they differ."""
+    names = [load_class_names(require_run(run_dir)) for run_dir in run_dirs]
+    for run_dir, other in zip(run_dirs[1:], names[1:], strict=True):
+        if other != names[0]:
+            raise RunError(f"{run_dir} classifies into other classes than {run_dirs[0]}; an ensemble needs the same classes")
+    return names[0]
+
+
+def run_tta(run_dir: Path) -> bool:
+    """Whether the run was evaluated with flip test-time augmentation (its config's `tta`)."""
+    return bool(read_json(Path(run_dir) / CONFIG).get("tta"))

@@ -30,7 +30,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 
 from fmnist import __version__, runs
-from fmnist.engine import MicroBatcher, load_engine
+from fmnist.engine import MicroBatcher, load_engines
 from fmnist.images import ImageError, from_image_bytes
 from fmnist.metrics import ServerMetrics
 from fmnist.payloads import INPUT_NAME, OUTPUT_NAME, RequestError, check_batch, kserve_images, parse_json, tf_serving_images
@@ -46,14 +46,17 @@ class ServeConfig:
     max_request_images: int = 1024  # most images in one request
     max_body_bytes: int = 10 * 1024 * 1024  # larger request bodies get 413
     threads: int = 0  # ONNX Runtime threads per server process (0: the cores divided among the workers)
+    ensemble: tuple[str, ...] = ()  # other runs whose probabilities are averaged with run_dir's
+    tta: bool | None = None  # flip test-time augmentation (None: as run_dir was evaluated)
 
 
 def create_app(config: ServeConfig) -> FastAPI:
     run_dir = runs.require_run(config.run_dir)
     model_name = Path(run_dir).resolve().name
     run_metrics = runs.read_json(run_dir / runs.METRICS)
-    class_names = runs.load_class_names(run_dir)
-    engine = load_engine(run_dir, config.engine, config.threads or None)
+    class_names = runs.ensemble_class_names([run_dir, *map(Path, config.ensemble)])
+    tta = runs.run_tta(run_dir) if config.tta is None else config.tta
+    engine = load_engines([run_dir, *config.ensemble], config.engine, config.threads or None, tta)
     metrics = ServerMetrics()
     batcher = MicroBatcher(engine, config.max_batch, config.max_delay_ms / 1000, on_batch=metrics.batch_size.observe)
 
@@ -98,10 +101,11 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def page():
         return importlib.resources.files("fmnist").joinpath("static/index.html").read_text()
 
-    @app.get("/info", summary="The served model: name, engine, classes, test accuracy")
+    @app.get("/info", summary="The served model: name, engine, classes, test accuracy (of the first run)")
     async def info():
         return {"model": model_name, "architecture": run_metrics["model"], "platform": engine.platform,
-                "test_accuracy": run_metrics["test_accuracy"], "class_names": class_names}  # fmt: skip
+                "test_accuracy": run_metrics["test_accuracy"], "class_names": class_names,
+                "ensemble": [str(run_dir), *config.ensemble], "tta": tta}  # fmt: skip
 
     @app.get("/v2/health/live", summary="KServe v2: server liveness")
     async def live():
@@ -235,7 +239,8 @@ CONFIG_VARIABLE = "FMNIST_SERVE_CONFIG"
 
 def app_from_environment() -> FastAPI:
     """The factory uvicorn's worker processes call: the config travels in an environment variable."""
-    return create_app(ServeConfig(**json.loads(os.environ[CONFIG_VARIABLE])))
+    values = json.loads(os.environ[CONFIG_VARIABLE])
+    return create_app(ServeConfig(**values | {"ensemble": tuple(values.get("ensemble", ()))}))
 
 
 def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:

@@ -64,10 +64,11 @@ def seed_everything(config: TrainConfig) -> None:
 
 def build_and_compile(config: TrainConfig, num_classes: int, steps_per_epoch: int):
     from fmnist.models import augmentation_layers, build_model
-    from fmnist.recipe import build_loss, build_optimizer
+    from fmnist.recipe import build_loss, build_optimizer, precision
 
-    augmentation = augmentation_layers(config.translate, config.flip, config.erase, seed=config.seed)
-    model = build_model(config.model, num_classes, augmentation)
+    with precision(config.mixed_precision):  # each layer keeps its dtype policy, also when saved and loaded
+        augmentation = augmentation_layers(config.translate, config.flip, config.erase, seed=config.seed)
+        model = build_model(config.model, num_classes, augmentation)
     model.compile(optimizer=build_optimizer(config, steps_per_epoch), loss=build_loss(config), metrics=["accuracy"])
     return model
 
@@ -105,7 +106,30 @@ def load_checkpoint(checkpoint_dir: Path):
         return None, None
     state = runs.read_json(state_path)
     model = keras.saving.load_model(checkpoint_dir / state["model_file"], compile=True)
+    restore_seed_states(model, state.get("seed_states", {}))
     return model, state
+
+
+def seed_state_variables(layer) -> list:
+    return [variable for variable in layer.variables if variable.path.endswith("seed_generator_state")]
+
+
+def seed_states(model) -> dict[str, list]:
+    """The random-number states of the augmentation and dropout layers, by layer name.
+
+    A .keras file does not keep them (Keras 3.15 starts a loaded layer's generator afresh), so
+    without them a resumed run would draw other augmentations than an uninterrupted one.
+    """
+    import keras
+
+    return {layer.name: [keras.ops.convert_to_numpy(variable).tolist() for variable in variables]
+            for layer in model.layers if (variables := seed_state_variables(layer))}  # fmt: skip
+
+
+def restore_seed_states(model, states: dict[str, list]) -> None:
+    for layer in model.layers:
+        for variable, value in zip(seed_state_variables(layer), states.get(layer.name, ()), strict=layer.name in states):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
 
 
 def save_checkpoint(checkpoint_dir: Path, model, state: dict) -> None:
@@ -114,7 +138,7 @@ def save_checkpoint(checkpoint_dir: Path, model, state: dict) -> None:
     runs.save_model(model, checkpoint_dir / model_file)
     previous = checkpoint_dir / runs.CHECKPOINT_STATE
     old_file = runs.read_json(previous)["model_file"] if previous.exists() else None
-    runs.write_json(previous, {**state, "model_file": model_file})
+    runs.write_json(previous, {**state, "model_file": model_file, "seed_states": seed_states(model)})
     if old_file and old_file != model_file:
         (checkpoint_dir / old_file).unlink(missing_ok=True)
 
@@ -156,6 +180,8 @@ def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
 
 
 def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report: bool) -> dict:
+    from fmnist import recipe  # imports Keras, which must come after the choice of backend
+
     runs.remove_stale_temporaries(run_dir)
     runs.write_json(run_dir / runs.CONFIG, config.to_dict())
     runs.write_json(run_dir / runs.CLASS_NAMES, list(data.class_names))
@@ -184,7 +210,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
             result = model.fit(
                 x_train[order], y_train[order], batch_size=config.batch_size, epochs=1, shuffle=False,
                 validation_data=validation, validation_batch_size=evaluate.PREDICT_BATCH_SIZE,
-                verbose=0, callbacks=[progress, stop],
+                verbose=0, callbacks=[progress, stop, *recipe.ema_callbacks(model)],
             )  # fmt: skip
         if stop.requested:
             raise runs.TrainingInterrupted(
@@ -197,7 +223,8 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
         progress.finish(row)
         state = {**state, "epochs_done": epoch + 1, "train_seconds": state["train_seconds"] + seconds}
         if config.early_stopping_patience:
-            state = track_best(checkpoint_dir, model, state, row["val_accuracy"], config.early_stopping_patience)
+            with recipe.averaged_weights(model):  # the weights that were validated
+                state = track_best(checkpoint_dir, model, state, row["val_accuracy"], config.early_stopping_patience)
         save_checkpoint(checkpoint_dir, model, state)
         runs.write_csv(run_dir / runs.HISTORY, history)
         if state.get("stopped_early"):
@@ -206,6 +233,8 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
 
     if config.early_stopping_patience:
         model.set_weights(keras_load(checkpoint_dir / BEST_MODEL).get_weights())
+    else:
+        recipe.adopt_averaged_weights(model)
     metrics = finish(run_dir, config, model, data, history, state, validation, len(x_train))
     if report:
         log(f"writing the analysis report to {run_dir / 'report.html'}")
