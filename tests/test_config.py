@@ -57,6 +57,6 @@ def test_presets_are_valid_and_flags_override_them():
     assert preset("spec") == TrainConfig()
     arguments = build_parser().parse_args(["train", "--preset", "best", "--epochs", "2"])
     config = resolve_config(arguments)
-    assert config.model == "resnet" and config.flip and config.epochs == 2
+    assert config.model == "compact" and config.flip and config.epochs == 2
     with pytest.raises(ValueError, match="give one of them"):
         resolve_config(build_parser().parse_args(["train", "--preset", "fast", "--config", "x.json"]))

@@ -124,3 +124,18 @@ def resnet(num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer] 
     x = layers.GlobalAveragePooling2D()(x)  # (batch, 128)
     logits = layers.Dense(num_classes, name="logits", dtype="float32")(x)
     return keras.Model(images, logits, name="resnet")
+
+
+@register
+def compact(num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer] = ()) -> keras.Model:
+    """A BatchNorm CNN that pools early for CPU speed: 32 channels at 28x28, 64 at 14x14, a 128-channel residual stage at 7x7."""
+    images, x = image_input(augmentation)
+    x = layers.MaxPooling2D(2)(conv_bn(x, 32))  # (batch, 14, 14, 32): the one layer at full resolution is cheap
+    x = layers.MaxPooling2D(2)(conv_bn(x, 64))  # (batch, 7, 7, 64)
+    x = conv_bn(x, 128)  # (batch, 7, 7, 128)
+    shortcut = x
+    x = conv_bn(conv_bn(x, 128), 128, activation=False)
+    x = layers.ReLU()(layers.Add()([x, shortcut]))
+    x = layers.GlobalAveragePooling2D()(x)  # (batch, 128)
+    logits = layers.Dense(num_classes, name="logits", dtype="float32")(x)
+    return keras.Model(images, logits, name="compact")

@@ -1,0 +1,72 @@
+"""Training throughput of a registered model: images per second over whole epochs of real data.
+
+    python benchmarks/throughput_benchmark.py                                  # baseline, batch 128
+    python benchmarks/throughput_benchmark.py --model compact --batch-size 128 --augment --images 12800
+    python benchmarks/throughput_benchmark.py --jit-compile                    # XLA (slower on this CPU)
+    KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --model bn_cnn
+
+One `fit` of several epochs over the first `--images` training images (Adam, the spec's loss,
+no validation), timed per epoch by a callback; the first epoch includes tracing, so the row
+reports the later ones. Nothing else should run on the machine meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="baseline")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--images", type=int, default=54_000, help="training images per epoch (default: 54,000)")
+    parser.add_argument("--augment", action="store_true", help="shifts of 2 pixels, flips and random erasing in the model")
+    parser.add_argument("--jit-compile", action="store_true", help="XLA (Keras' default on a CPU is off)")
+    parser.add_argument("--steps-per-execution", type=int, default=1)
+    parser.add_argument("--threads", metavar="INTRA,INTER", help="TensorFlow's intra- and inter-op thread counts")
+    arguments = parser.parse_args()
+
+    import keras
+
+    if arguments.threads and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        intra, inter = map(int, arguments.threads.split(","))
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+
+    from fmnist.data import load_dataset
+    from fmnist.models import augmentation_layers, build_model
+
+    data = load_dataset()
+    images, labels = data.x_train[: arguments.images], data.y_train[: arguments.images]
+    keras.utils.set_random_seed(0)
+    augmentation = augmentation_layers(2, True, 0.25) if arguments.augment else []
+    model = build_model(arguments.model, augmentation=augmentation)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"], jit_compile=arguments.jit_compile,
+                  steps_per_execution=arguments.steps_per_execution)  # fmt: skip
+
+    seconds: list[float] = []
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds.append(time.perf_counter() - self.started)
+
+    model.fit(images, labels, batch_size=arguments.batch_size, epochs=arguments.epochs, verbose=0, callbacks=[EpochTimer()])
+    later = seconds[1:] or seconds
+    rates = [len(images) / each for each in later]
+    print(f"{keras.backend.backend()} {arguments.model} batch {arguments.batch_size}: epochs "
+          + ", ".join(f"{each:.1f} s" for each in seconds)
+          + f"; images/s after the first: {', '.join(f'{rate:,.0f}' for rate in rates)} (best {max(rates):,.0f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
