@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("run", help="run directory")
     evaluate_parser.add_argument("--images", help="images as .npy or IDX (default: the test set)")
     evaluate_parser.add_argument("--labels", help="labels as .npy or IDX, with --images")
-    evaluate_parser.add_argument("--output", help="where results on --images go (default: RUN/evaluations/NAME)")
+    evaluate_parser.add_argument("--output", help="where results on --images, of an ensemble or with another --tta go "
+                                                  "(default: RUN/evaluations/NAME)")
     evaluate_parser.add_argument("--data-dir", help="directory with the four IDX files")
     add_ensemble_options(evaluate_parser)
     evaluate_parser.set_defaults(handler=command_evaluate)
