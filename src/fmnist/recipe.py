@@ -81,11 +81,19 @@ class KeepTrainingWeights(keras.callbacks.Callback):
     """
 
     def on_epoch_end(self, epoch, logs=None):
-        self.training_weights = [ops.convert_to_numpy(variable) for variable in self.model.trainable_weights]
+        self.training_weights = trainable_values(self.model)
 
     def on_train_end(self, logs=None):
-        for variable, value in zip(self.model.trainable_weights, self.training_weights, strict=True):
-            variable.assign(value)
+        assign_trainable(self.model, self.training_weights)
+
+
+def trainable_values(model: keras.Model) -> list:
+    return [ops.convert_to_numpy(variable) for variable in model.trainable_weights]
+
+
+def assign_trainable(model: keras.Model, values: list) -> None:
+    for variable, value in zip(model.trainable_weights, values, strict=True):
+        variable.assign(value)
 
 
 def ema_callbacks(model: keras.Model) -> list[keras.callbacks.Callback]:
@@ -105,13 +113,12 @@ def averaged_weights(model: keras.Model):
     if not uses_ema(model):
         yield model
         return
-    training_weights = [ops.convert_to_numpy(variable) for variable in model.trainable_weights]
+    training_weights = trainable_values(model)
     adopt_averaged_weights(model)
     try:
         yield model
     finally:
-        for variable, value in zip(model.trainable_weights, training_weights, strict=True):
-            variable.assign(value)
+        assign_trainable(model, training_weights)
 
 
 @keras.saving.register_keras_serializable(package="fmnist")
