@@ -161,8 +161,9 @@ def evaluate_run(run_dir: Path, images: np.ndarray | None = None, labels: np.nda
     run_dir = runs.require_run(run_dir)
     members = [run_dir, *map(Path, ensemble)]
     class_names = runs.ensemble_class_names(members)
-    tta = runs.run_tta(run_dir) if tta is None else tta
-    as_trained = not ensemble and tta == runs.run_tta(run_dir)
+    trained_tta = runs.run_tta(run_dir)
+    tta = trained_tta if tta is None else tta
+    as_trained = not ensemble and tta == trained_tta
     models = [runs.load_model(member) for member in members]
     if images is None:
         from fmnist.data import load_dataset

@@ -48,8 +48,7 @@ class Predictor:
         """The runs' models as one classifier; `tta` defaults to what the first run was evaluated with."""
         run_dirs = [Path(run_dir) for run_dir in run_dirs]
         class_names = runs.ensemble_class_names(run_dirs)
-        tta = runs.run_tta(run_dirs[0]) if tta is None else tta
-        return cls([runs.load_model(run_dir) for run_dir in run_dirs], class_names, top_k, tta)
+        return cls([runs.load_model(run_dir) for run_dir in run_dirs], class_names, top_k, runs.run_tta(run_dirs[0], tta))
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(n, classes) softmax probabilities for uint8 images (n, 28, 28)."""

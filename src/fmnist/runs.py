@@ -170,6 +170,6 @@ def ensemble_class_names(run_dirs: list[Path]) -> list[str]:
     return names[0]
 
 
-def run_tta(run_dir: Path) -> bool:
-    """Whether the run was evaluated with flip test-time augmentation (its config's `tta`)."""
-    return bool(read_json(Path(run_dir) / CONFIG).get("tta"))
+def run_tta(run_dir: Path, requested: bool | None = None) -> bool:
+    """Flip test-time augmentation as `requested`, or else as the run was evaluated (its config's `tta`)."""
+    return bool(read_json(Path(run_dir) / CONFIG).get("tta")) if requested is None else requested

@@ -55,7 +55,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     model_name = Path(run_dir).resolve().name
     run_metrics = runs.read_json(run_dir / runs.METRICS)
     class_names = runs.ensemble_class_names([run_dir, *map(Path, config.ensemble)])
-    tta = runs.run_tta(run_dir) if config.tta is None else config.tta
+    tta = runs.run_tta(run_dir, config.tta)
     engine = load_engines([run_dir, *config.ensemble], config.engine, config.threads or None, tta)
     metrics = ServerMetrics()
     batcher = MicroBatcher(engine, config.max_batch, config.max_delay_ms / 1000, on_batch=metrics.batch_size.observe)
