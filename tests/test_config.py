@@ -51,9 +51,10 @@ def test_every_field_is_a_flag_and_flags_override_a_config_file(tmp_path):
 
 def test_presets_are_valid_and_flags_override_them():
     from fmnist.config import PRESETS, preset
+    from fmnist.models import MODELS
 
     for name in PRESETS:
-        assert isinstance(preset(name), TrainConfig)
+        assert isinstance(preset(name), TrainConfig) and preset(name).model in MODELS
     assert preset("spec") == TrainConfig()
     arguments = build_parser().parse_args(["train", "--preset", "best", "--epochs", "2"])
     config = resolve_config(arguments)

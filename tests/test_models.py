@@ -35,6 +35,16 @@ def test_baseline_is_the_spec():
     assert model.layers[-1].activation.__name__ == "linear"  # logits; softmax comes at prediction
 
 
+def test_baseline_wide_differs_from_the_spec_only_in_its_dense_layer():
+    def layout(model):
+        return [(type(layer).__name__, layer.get_config().get("filters"), layer.get_config().get("units"))
+                for layer in model.layers]  # fmt: skip
+
+    spec, wide = layout(build_model("baseline")), layout(build_model("baseline_wide"))
+    changed = [(old, new) for old, new in zip(spec, wide, strict=True) if old != new]
+    assert changed == [(("Dense", None, 64), ("Dense", None, 256))]
+
+
 def test_scaling_inside_the_model_matches_the_spec():
     """The model's own scaling gives what the spec's `images / 255.0` gives."""
     model = build_model("baseline")

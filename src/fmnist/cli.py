@@ -184,8 +184,9 @@ def command_serve(arguments: argparse.Namespace) -> int:
 def command_models(arguments: argparse.Namespace) -> int:
     from fmnist.models import DESCRIPTIONS, build_model
 
+    width = max(map(len, DESCRIPTIONS))
     for name, description in DESCRIPTIONS.items():
-        print(f"{name:12s} {build_model(name).count_params():>10,d} parameters  {description}")
+        print(f"{name:{width}s} {build_model(name).count_params():>10,d} parameters  {description}")
     return 0
 
 
