@@ -64,6 +64,7 @@ def image_input(augmentation: Sequence[layers.Layer] = ()) -> tuple[keras.KerasT
 
 
 def spec_cnn(name: str, dense_units: int, num_classes: int, augmentation: Sequence[layers.Layer]) -> keras.Model:
+    """The spec's two conv + max-pool blocks, then a dense layer of `dense_units` and the logits."""
     images, x = image_input(augmentation)
     x = layers.Conv2D(32, 3, activation="relu")(x)  # (batch, 26, 26, 32)
     x = layers.MaxPooling2D(2)(x)  # (batch, 13, 13, 32)
@@ -84,8 +85,8 @@ def baseline(num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer
 @register
 def baseline_wide(num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer] = ()) -> keras.Model:
     """The spec's CNN with a 256-unit dense layer: 12% more arithmetic; 2 epochs reach what 3 of the spec's do (--preset fast)."""
-    # The second convolution does most of the arithmetic: 4x the dense units add about 12% to it, and two
-    # epochs of this network reach what three of the spec's do (BENCHMARKS.md, trials for the fast preset).
+    # The second convolution does most of the arithmetic, so 4x the dense units cost little; the wider
+    # layer was chosen among 64-1024 units on validation (BENCHMARKS.md, trials for the fast preset).
     return spec_cnn("baseline_wide", 256, num_classes, augmentation)
 
 
