@@ -8,8 +8,9 @@
 Scaling to [0, 1], the channel axis and the data augmentation live inside the model, so a saved
 `.keras` file needs no preprocessing code next to it; Keras' augmentation layers act only in
 training and pass images through unchanged at inference. Register a new architecture with
-`@register`; it must name its last layer "logits" (the analysis reads the layer before it) and
-give it dtype float32, so that under mixed precision the loss and softmax still see float32.
+`@register` and end it with `classifier(...)`, which adds the last layer, named "logits" (the
+analysis reads the layer before it) and float32, so that under mixed precision the loss and softmax
+still see float32.
 """
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ def image_input(augmentation: Sequence[layers.Layer] = ()) -> tuple[keras.KerasT
     return images, x
 
 
+def classifier(images: keras.KerasTensor, features: keras.KerasTensor, num_classes: int, name: str) -> keras.Model:
+    """The model from `images` to a float32 layer named "logits": the contract every registered model keeps."""
+    logits = layers.Dense(num_classes, name="logits", dtype="float32")(features)
+    return keras.Model(images, logits, name=name)
+
+
 def spec_cnn(name: str, dense_units: int, num_classes: int, augmentation: Sequence[layers.Layer]) -> keras.Model:
     """The spec's two conv + max-pool blocks, then a dense layer of `dense_units` and the logits."""
     images, x = image_input(augmentation)
@@ -72,8 +79,7 @@ def spec_cnn(name: str, dense_units: int, num_classes: int, augmentation: Sequen
     x = layers.MaxPooling2D(2)(x)  # (batch, 5, 5, 64)
     x = layers.Flatten()(x)
     x = layers.Dense(dense_units, activation="relu")(x)
-    logits = layers.Dense(num_classes, name="logits", dtype="float32")(x)
-    return keras.Model(images, logits, name=name)
+    return classifier(images, x, num_classes, name)
 
 
 @register
@@ -97,8 +103,7 @@ def tiny(num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer] = 
     x = layers.Conv2D(8, 3, strides=2, activation="relu")(x)  # (batch, 13, 13, 8)
     x = layers.Conv2D(16, 3, strides=2, activation="relu")(x)  # (batch, 6, 6, 16)
     x = layers.GlobalAveragePooling2D()(x)
-    logits = layers.Dense(num_classes, name="logits", dtype="float32")(x)
-    return keras.Model(images, logits, name="tiny")
+    return classifier(images, x, num_classes, "tiny")
 
 
 def conv_bn(x, filters: int, kernel_size: int = 3, strides: int = 1, activation: bool = True):
@@ -106,6 +111,13 @@ def conv_bn(x, filters: int, kernel_size: int = 3, strides: int = 1, activation:
     x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False)(x)
     x = layers.BatchNormalization(momentum=0.9)(x)
     return layers.ReLU()(x) if activation else x
+
+
+def residual_block(x, filters: int):
+    """Two conv_bn layers with an identity shortcut, added before the last ReLU; x must have `filters` channels."""
+    shortcut = x
+    x = conv_bn(conv_bn(x, filters), filters, activation=False)
+    return layers.ReLU()(layers.Add()([x, shortcut]))
 
 
 @register
@@ -118,8 +130,7 @@ def bn_cnn(num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer] 
             x = layers.MaxPooling2D(2)(x)
     x = layers.GlobalAveragePooling2D()(x)  # (batch, 128)
     x = layers.Dropout(0.2)(x)
-    logits = layers.Dense(num_classes, name="logits", dtype="float32")(x)
-    return keras.Model(images, logits, name="bn_cnn")
+    return classifier(images, x, num_classes, "bn_cnn")
 
 
 @register
@@ -131,12 +142,9 @@ def resnet(num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer] 
         if stage:
             x = conv_bn(x, filters)
             x = layers.MaxPooling2D(2)(x)  # (batch, 14 or 7, ..., filters)
-        shortcut = x
-        x = conv_bn(conv_bn(x, filters), filters, activation=False)
-        x = layers.ReLU()(layers.Add()([x, shortcut]))
+        x = residual_block(x, filters)
     x = layers.GlobalAveragePooling2D()(x)  # (batch, 128)
-    logits = layers.Dense(num_classes, name="logits", dtype="float32")(x)
-    return keras.Model(images, logits, name="resnet")
+    return classifier(images, x, num_classes, "resnet")
 
 
 @register
@@ -145,10 +153,6 @@ def compact(num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer]
     images, x = image_input(augmentation)
     x = layers.MaxPooling2D(2)(conv_bn(x, 32))  # (batch, 14, 14, 32): the one layer at full resolution is cheap
     x = layers.MaxPooling2D(2)(conv_bn(x, 64))  # (batch, 7, 7, 64)
-    x = conv_bn(x, 128)  # (batch, 7, 7, 128)
-    shortcut = x
-    x = conv_bn(conv_bn(x, 128), 128, activation=False)
-    x = layers.ReLU()(layers.Add()([x, shortcut]))
+    x = residual_block(conv_bn(x, 128), 128)  # (batch, 7, 7, 128)
     x = layers.GlobalAveragePooling2D()(x)  # (batch, 128)
-    logits = layers.Dense(num_classes, name="logits", dtype="float32")(x)
-    return keras.Model(images, logits, name="compact")
+    return classifier(images, x, num_classes, "compact")
