@@ -3,19 +3,29 @@
     python benchmarks/train_benchmark.py                         # the spec's baseline, full data
     python benchmarks/train_benchmark.py --seeds 0 1 2 -- --model baseline --epochs 10
 
+    python benchmarks/train_benchmark.py --fit-seconds 150 --seeds 0 1 2 -- --preset gpu
+
 Each seed is one `fmnist train` run (full training set, 10% held out, test set evaluated once
 at the end). The row gives the machine, the date, the exact command, and for each figure the
-mean and standard deviation over the seeds. Results are also written as JSON next to the runs.
+mean and standard deviation over the seeds. Results are also written as JSON next to the runs,
+after each seed, so a benchmark cut short keeps the seeds it finished.
+
+--fit-seconds chooses the number of epochs from the speed of the machine, for a time budget:
+a probe run of two epochs on a fifth of the data (seed 1000, its own folder) times the first
+epoch (which includes compilation) and the second, and the seeds then train for as many epochs
+as fit the budget. Only time decides it, never accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,7 +42,11 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} cores, {platform.system()}"
+    described = f"{model}, {os.cpu_count()} cores, {platform.system()}"
+    if shutil.which("nvidia-smi"):
+        gpus = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+        described += "".join(f", {name.strip()}" for name in gpus.stdout.splitlines() if name.strip())
+    return described
 
 
 def spread(values: list[float], digits: int) -> str:
@@ -42,32 +56,55 @@ def spread(values: list[float], digits: int) -> str:
     return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def train_run(train_arguments: list[str], run_dir: Path) -> None:
+    """One `fmnist train` in a fresh process (`python -m fmnist`, so it also runs from a source tree)."""
+    command = [sys.executable, "-m", "fmnist", "train", *train_arguments, "--run-dir", str(run_dir)]
+    print("$", shlex.join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def epochs_within(seconds: float, train_arguments: list[str], probe_dir: Path) -> int:
+    """The epochs of full training that fit `seconds`, from a two-epoch run on a fifth of the data."""
+    share = 5
+    train_run([*train_arguments, "--epochs", "2", "--train-subset", str(60_000 // share), "--seed", "1000",
+               "--no-report"], probe_dir)  # fmt: skip
+    with open(probe_dir / "history.csv") as history:
+        first, second = (float(row["seconds"]) for row in csv.DictReader(history))
+    overhead, per_epoch = max(first - second, 0.0), second * share  # compilation; a full epoch
+    epochs = max(1, int((seconds - overhead) // per_epoch))
+    print(f"probe: first epoch {first:.1f} s, then {second:.1f} s on a fifth of the data; "
+          f"{epochs} epochs of about {per_epoch:.1f} s fit {seconds:.0f} s", flush=True)  # fmt: skip
+    return epochs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--runs-dir", default=None, help="where the runs go (default: a new temporary folder)")
+    parser.add_argument("--fit-seconds", type=float, default=None,
+                        help="train for as many epochs as fit this many seconds, timed by a probe run")
     parser.add_argument("train_arguments", nargs="*", help="arguments for `fmnist train`, after --")
     arguments = parser.parse_args()
     runs_dir = Path(arguments.runs_dir or tempfile.mkdtemp(prefix="fmnist-benchmark-"))
-    fmnist = Path(sys.executable).parent / "fmnist"
-
-    results = []
-    for seed in arguments.seeds:
-        run_dir = runs_dir / f"seed{seed}"
-        command = [str(fmnist), "train", *arguments.train_arguments, "--seed", str(seed), "--run-dir", str(run_dir)]
-        print("$", shlex.join(command), flush=True)
-        subprocess.run(command, check=True)
-        results.append(json.loads((run_dir / "metrics.json").read_text()))
-
-    first = results[0]
+    train_arguments = list(arguments.train_arguments)
     summary = {
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
-        "command": f"python benchmarks/train_benchmark.py --seeds {' '.join(map(str, arguments.seeds))} -- "
-        + shlex.join(arguments.train_arguments),
-        "runs": results,
+        "command": shlex.join(["python", "benchmarks/train_benchmark.py", *sys.argv[1:]]),
+        "runs": [],
     }
-    (runs_dir / "benchmark.json").write_text(json.dumps(summary, indent=2))
+    if arguments.fit_seconds:
+        summary["epochs_for_budget"] = epochs_within(arguments.fit_seconds, train_arguments, runs_dir / "probe")
+        train_arguments += ["--epochs", str(summary["epochs_for_budget"])]
+
+    for seed in arguments.seeds:
+        run_dir = runs_dir / f"seed{seed}"
+        train_run(train_arguments + ["--seed", str(seed)], run_dir)
+        summary["runs"].append(json.loads((run_dir / "metrics.json").read_text()))
+        (runs_dir / "benchmark.json").write_text(json.dumps(summary, indent=2))
+
+    results = summary["runs"]
+    first = results[0]
     print("\n| model | parameters | epochs | seeds | train time (s) | images/s | validation accuracy | test accuracy |")
     print("|---|---|---|---|---|---|---|---|")
     print(

@@ -112,7 +112,7 @@ def real_file_bytes(real_data_dir) -> dict[str, bytes]:
 def cli_command(*arguments: str) -> list[str]:
     """The installed `fmnist` console script beside this Python, with arguments."""
     script = Path(sys.executable).parent / "fmnist"
-    return [str(script), *arguments] if script.exists() else [sys.executable, "-m", "fmnist.cli", *arguments]
+    return [str(script), *arguments] if script.exists() else [sys.executable, "-m", "fmnist", *arguments]
 
 
 def run_cli(*arguments: str, check: bool = True, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -212,3 +213,11 @@ def test_ensemble_of_runs_with_other_classes_is_refused(baseline_run, tmp_path):
     (other / "class_names.json").write_text(json.dumps(names[::-1]))
     result = run_cli("predict", str(baseline_run), str(other / "confusion_matrix.png"), "--ensemble", str(other), check=False)
     assert result.returncode == 1 and "other classes" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_python_dash_m_fmnist_is_the_cli_and_lists_every_model():
+    from fmnist.models import MODELS
+
+    result = subprocess.run([sys.executable, "-m", "fmnist", "models"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[0] for line in result.stdout.splitlines() if line.strip()] == list(MODELS)

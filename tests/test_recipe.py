@@ -137,3 +137,23 @@ def test_mixed_precision_computes_in_16_bits_and_keeps_float32_logits(dataset, t
     assert set(compute_dtypes.values()) == {"bfloat16"}  # no GPU here; a GPU gets float16
     assert all(weight.dtype == "float32" for weight in model.weights)
     assert predict_logits(model, dataset.x_test[:4]).dtype == np.float64
+
+
+def test_random_shift_moves_each_image_by_whole_pixels_within_its_limit():
+    from fmnist.models import RandomShift
+
+    images = np.random.default_rng(2).random((64, 28, 28, 1)).astype("float32") + 0.5  # no zeros, so fill shows
+    shifted = np.asarray(RandomShift(2, seed=3)(images, training=True))
+    seen = set()
+    for image, result in zip(images[..., 0], shifted[..., 0], strict=True):
+        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if np.array_equal(result, shift_image(image, dy, dx))]
+        assert len(matches) == 1, "each output must be its input shifted by whole pixels, at most 2 each way"
+        seen.add(matches[0])
+    assert len(seen) > 15  # of the 25 shifts, drawn independently per image
+    np.testing.assert_array_equal(np.asarray(RandomShift(2)(images, training=False)), images)
+
+
+def shift_image(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """The image moved dy rows down and dx columns right, black where nothing moved in."""
+    padded = np.pad(image, 2)
+    return padded[2 - dy : 2 - dy + 28, 2 - dx : 2 - dx + 28]

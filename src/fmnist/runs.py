@@ -151,12 +151,19 @@ def load_class_names(run_dir: Path) -> list[str]:
     return read_json(Path(run_dir) / CLASS_NAMES)
 
 
-def load_model(run_dir: Path):
+def load_keras_file(path: Path, compile: bool = False):
+    """A .keras file, with the project's own layers, losses and schedules registered first."""
     import keras
 
+    from fmnist import models, recipe  # noqa: F401  (importing them registers their serialisable classes)
+
+    return keras.saving.load_model(path, compile=compile)
+
+
+def load_model(run_dir: Path):
     path = require_run(run_dir) / MODEL
     try:
-        return keras.saving.load_model(path, compile=False)
+        return load_keras_file(path)
     except Exception as error:  # Keras raises many kinds for a damaged archive
         raise RunError(f"{path} cannot be loaded ({type(error).__name__}: {error}); retrain the run") from None
 

@@ -99,13 +99,11 @@ def library_versions() -> dict[str, str]:
 
 def load_checkpoint(checkpoint_dir: Path):
     """(model, state) after the last completed epoch, or (None, None) for a fresh start."""
-    import keras
-
     state_path = checkpoint_dir / runs.CHECKPOINT_STATE
     if not state_path.exists():
         return None, None
     state = runs.read_json(state_path)
-    model = keras.saving.load_model(checkpoint_dir / state["model_file"], compile=True)
+    model = runs.load_keras_file(checkpoint_dir / state["model_file"], compile=True)
     restore_seed_states(model, state.get("seed_states", {}))
     return model, state
 
@@ -152,12 +150,6 @@ def track_best(checkpoint_dir: Path, model, state: dict, val_accuracy: float, pa
         runs.save_model(model, checkpoint_dir / BEST_MODEL)  # before state.json names it the best
         state = {**state, "best_epoch": state["epochs_done"], "best_val_accuracy": val_accuracy}
     return {**state, "stopped_early": state["epochs_done"] - state["best_epoch"] >= patience}
-
-
-def keras_load(path: Path):
-    import keras
-
-    return keras.saving.load_model(path, compile=False)
 
 
 def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
@@ -232,7 +224,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
             break
 
     if config.early_stopping_patience:
-        model.set_weights(keras_load(checkpoint_dir / BEST_MODEL).get_weights())
+        model.set_weights(runs.load_keras_file(checkpoint_dir / BEST_MODEL).get_weights())
     else:
         recipe.adopt_averaged_weights(model)
     metrics = finish(run_dir, config, model, data, history, state, validation, len(x_train))
