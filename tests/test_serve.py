@@ -167,6 +167,17 @@ def test_export_passes_parity(served_run, real_data_dir, export_format):
         assert not list((run_dir / "export").glob(".staging-*"))
 
 
+def test_onnx_export_of_a_model_with_augmentation_leaves_it_out(tmp_path):
+    from fmnist.evaluate import predict_logits, softmax
+    from fmnist.export import with_softmax, write_onnx
+    from fmnist.models import augmentation_layers, build_model
+
+    model = build_model("tiny", augmentation=augmentation_layers(translate=2, flip=True, erase=1.0))
+    images = np.random.default_rng(4).integers(0, 256, size=(16, 28, 28), dtype=np.uint8)
+    run_exported = write_onnx(with_softmax(model), tmp_path / "model.onnx")  # random ops here would fail to load
+    np.testing.assert_allclose(run_exported(images), softmax(predict_logits(model, images)), atol=1e-6)
+
+
 def test_onnx_server_matches_keras_server(served_run, server, dataset, real_data_dir):
     run_dir = served_run
     if not (run_dir / "export" / "model.onnx").exists():

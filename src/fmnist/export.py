@@ -37,8 +37,12 @@ class ExportError(ValueError):
 def with_softmax(model):
     import keras
 
-    probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(model.output)
-    wrapped = keras.Model(model.input, probabilities, name=f"{model.name}_probabilities")
+    images = keras.Input(shape=model.input.shape[1:], dtype=model.input.dtype, name="images")
+    # training=False is kept in the graph: exporters trace without it, which would leave Keras' random
+    # augmentation layers on (RandomFlip defaults to training) and put random ops in the export
+    logits = model(images, training=False)
+    probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(logits)
+    wrapped = keras.Model(images, probabilities, name=f"{model.name}_probabilities")
     wrapped(np.zeros((1, 28, 28), dtype=np.uint8))  # Keras' exporters want a model that has been called once
     return wrapped
 
