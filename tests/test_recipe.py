@@ -126,8 +126,10 @@ def test_mixed_precision_computes_in_16_bits_and_keeps_float32_logits(dataset, t
     config = TrainConfig(model="tiny", epochs=2, train_subset=2000, batch_size=64, learning_rate=1e-2)
     quiet = {"data": dataset, "log": lambda *a, **k: None, "report": False}
     full = train(config, tmp_path / "float32", **quiet)
-    metrics = train(dataclasses.replace(config, mixed_precision=True), tmp_path, **quiet)
+    messages = []
+    metrics = train(dataclasses.replace(config, mixed_precision=True), tmp_path, **{**quiet, "log": messages.append})
     assert metrics["test_accuracy"] > 0.3 and abs(metrics["test_accuracy"] - full["test_accuracy"]) < 0.05  # learns as well
+    assert any("without a GPU computes in bfloat16" in message for message in messages)  # the user is told why it is slow
     import keras
 
     assert keras.config.dtype_policy().name == "float32"  # the policy applied to that run's layers only

@@ -175,6 +175,9 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
     from fmnist import recipe  # imports Keras, which must come after the choice of backend
 
     runs.remove_stale_temporaries(run_dir)
+    if config.mixed_precision and not recipe.accelerator_present():
+        log("note: mixed precision without a GPU computes in bfloat16, which most CPUs run slower than float32 "
+            "(--no-mixed-precision turns it off)")  # fmt: skip
     runs.write_json(run_dir / runs.CONFIG, config.to_dict())
     runs.write_json(run_dir / runs.CLASS_NAMES, list(data.class_names))
 
