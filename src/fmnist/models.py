@@ -7,8 +7,8 @@
 
 Scaling to [0, 1], the channel axis and the data augmentation live inside the model, so a saved
 `.keras` file needs no preprocessing code next to it; the augmentation layers (Keras' flip and
-erasing, this module's RandomShift) act only in
-training and pass images through unchanged at inference. Register a new architecture with
+erasing, this module's RandomShift) act only in training and pass images through unchanged at
+inference. Register a new architecture with
 `@register` and end it with `classifier(...)`, which adds the last layer, named "logits" (the
 analysis reads the layer before it) and float32, so that under mixed precision the loss and softmax
 still see float32.
