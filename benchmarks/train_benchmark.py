@@ -66,8 +66,9 @@ def train_run(train_arguments: list[str], run_dir: Path) -> None:
 def epochs_within(seconds: float, train_arguments: list[str], probe_dir: Path) -> int:
     """The epochs of full training that fit `seconds`, from a two-epoch run on a fifth of the data."""
     share = 5
+    no_report = [] if "--no-report" in train_arguments else ["--no-report"]
     train_run([*train_arguments, "--epochs", "2", "--train-subset", str(60_000 // share), "--seed", "1000",
-               "--no-report"], probe_dir)  # fmt: skip
+               *no_report], probe_dir)  # fmt: skip
     with open(probe_dir / "history.csv") as history:
         first, second = (float(row["seconds"]) for row in csv.DictReader(history))
     overhead, per_epoch = max(first - second, 0.0), second * share  # compilation; a full epoch
@@ -101,7 +102,9 @@ def main() -> int:
         run_dir = runs_dir / f"seed{seed}"
         train_run(train_arguments + ["--seed", str(seed)], run_dir)
         summary["runs"].append(json.loads((run_dir / "metrics.json").read_text()))
-        (runs_dir / "benchmark.json").write_text(json.dumps(summary, indent=2))
+        partial = runs_dir / "benchmark.json.partial"  # then renamed: a benchmark cut off mid-write keeps the last whole file
+        partial.write_text(json.dumps(summary, indent=2))
+        partial.replace(runs_dir / "benchmark.json")
 
     results = summary["runs"]
     first = results[0]

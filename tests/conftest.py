@@ -115,6 +115,13 @@ def cli_command(*arguments: str) -> list[str]:
     return [str(script), *arguments] if script.exists() else [sys.executable, "-m", "fmnist", *arguments]
 
 
+def as_numpy(tensor) -> np.ndarray:
+    """A backend's tensor as NumPy: np.asarray fails on PyTorch tensors that require gradients."""
+    import keras
+
+    return keras.ops.convert_to_numpy(tensor)
+
+
 def run_cli(*arguments: str, check: bool = True, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """Run the real `fmnist` command in a subprocess, as a user would."""
     command = cli_command(*arguments)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
-from conftest import run_cli
+from conftest import as_numpy, run_cli
 from fmnist.analysis import (
     Interpretation,
     accuracy_interval,
@@ -94,7 +94,7 @@ def test_report_numbers_agree_with_scikit_learn(small_run, dataset):
 
     from fmnist.runs import load_model
 
-    predictions = np.asarray(load_model(small_run)(dataset.x_test)).argmax(axis=1)
+    predictions = as_numpy(load_model(small_run)(dataset.x_test)).argmax(axis=1)
     np.testing.assert_array_equal(results.predictions, predictions)  # the saved predictions are the model's
     assert results.accuracy == pytest.approx(metrics.accuracy_score(dataset.y_test, predictions))
     assert interpretation.macro_f1 == pytest.approx(metrics.f1_score(dataset.y_test, predictions, average="macro"))

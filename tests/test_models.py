@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from conftest import as_numpy
 from fmnist.models import MODELS, build_model
 
 
@@ -17,11 +18,11 @@ def test_model_contract(name, images, tmp_path):
 
     model = build_model(name)
     assert model.inputs[0].dtype == "uint8" and tuple(model.inputs[0].shape) == (None, 28, 28)
-    logits = np.asarray(model(images, training=False))
+    logits = as_numpy(model(images, training=False))
     assert logits.shape == (4, 10) and np.isfinite(logits).all()
     model.save(tmp_path / "model.keras")
     reloaded = keras.saving.load_model(tmp_path / "model.keras")
-    np.testing.assert_allclose(np.asarray(reloaded(images, training=False)), logits, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(as_numpy(reloaded(images, training=False)), logits, rtol=1e-6, atol=1e-6)
 
 
 def test_baseline_is_the_spec():
@@ -53,7 +54,7 @@ def test_scaling_inside_the_model_matches_the_spec():
     import keras
 
     probe = keras.Model(model.input, scaled.output)
-    np.testing.assert_allclose(np.asarray(probe(image.astype(np.uint8)))[..., 0], image / 255.0, rtol=1e-6)
+    np.testing.assert_allclose(as_numpy(probe(image.astype(np.uint8)))[..., 0], image / 255.0, rtol=1e-6)
 
 
 def test_unknown_model_lists_the_choices():

@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from conftest import as_numpy
 from fmnist.config import TrainConfig
 from fmnist.evaluate import predict_logits, softmax
 from fmnist.models import augmentation_layers, build_model
@@ -52,8 +53,8 @@ def test_augmentation_acts_in_training_only():
     model = build_model("tiny", augmentation=augmentation_layers(translate=3, flip=True, erase=1.0))
     plain = build_model("tiny")
     plain.set_weights(model.get_weights())
-    np.testing.assert_allclose(np.asarray(model(images, training=False)), np.asarray(plain(images, training=False)), atol=1e-6)
-    assert not np.allclose(np.asarray(model(images, training=True)), np.asarray(plain(images, training=True)), atol=1e-4)
+    np.testing.assert_allclose(as_numpy(model(images, training=False)), as_numpy(plain(images, training=False)), atol=1e-6)
+    assert not np.allclose(as_numpy(model(images, training=True)), as_numpy(plain(images, training=True)), atol=1e-4)
 
 
 def test_flip_tta_averages_an_image_and_its_mirror():
@@ -145,14 +146,14 @@ def test_random_shift_moves_each_image_by_whole_pixels_within_its_limit():
     from fmnist.models import RandomShift
 
     images = np.random.default_rng(2).random((64, 28, 28, 1)).astype("float32") + 0.5  # no zeros, so fill shows
-    shifted = np.asarray(RandomShift(2, seed=3)(images, training=True))
+    shifted = as_numpy(RandomShift(2, seed=3)(images, training=True))
     seen = set()
     for image, result in zip(images[..., 0], shifted[..., 0], strict=True):
         matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if np.array_equal(result, shift_image(image, dy, dx))]
         assert len(matches) == 1, "each output must be its input shifted by whole pixels, at most 2 each way"
         seen.add(matches[0])
     assert len(seen) > 15  # of the 25 shifts, drawn independently per image
-    np.testing.assert_array_equal(np.asarray(RandomShift(2)(images, training=False)), images)
+    np.testing.assert_array_equal(as_numpy(RandomShift(2)(images, training=False)), images)
 
 
 def shift_image(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
