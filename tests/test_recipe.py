@@ -91,7 +91,7 @@ def test_bad_recipe_values(values, message):
 def fit_with_ema(fits: int, epochs_per_fit: int):
     import keras
 
-    from fmnist.recipe import ema_callbacks
+    from fmnist.averaging import ema_callbacks
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
@@ -99,25 +99,65 @@ def fit_with_ema(fits: int, epochs_per_fit: int):
     model = build_model("tiny")
     model.compile(optimizer=build_optimizer(TrainConfig(ema=0.9, learning_rate=1e-2), 8), loss=build_loss(TrainConfig()))
     for _ in range(fits):
-        callbacks = ema_callbacks(model) if fits > 1 else []
+        callbacks = ema_callbacks(model, images) if fits > 1 else []
         model.fit(images, labels, batch_size=32, epochs=epochs_per_fit, shuffle=False, verbose=0, callbacks=callbacks)
     return model
 
 
 def test_ema_over_one_fit_per_epoch_equals_one_long_fit():
     """Training runs one `fit` per epoch; with EMA that must neither restart epochs from the average nor lose it."""
-    from fmnist.recipe import averaged_weights
+    from fmnist.averaging import averaged_weights
 
     long = fit_with_ema(fits=1, epochs_per_fit=3)  # Keras ends the fit by adopting the averaged weights
     per_epoch = fit_with_ema(fits=3, epochs_per_fit=1)
     training_weights = per_epoch.get_weights()
-    with averaged_weights(per_epoch):
+    with averaged_weights(per_epoch, np.zeros((0, 28, 28), np.uint8)):  # tiny has no BatchNorm
         averaged = per_epoch.get_weights()
     for mine, expected in zip(averaged, long.get_weights(), strict=True):
         np.testing.assert_allclose(mine, expected, rtol=1e-4, atol=1e-6)
     assert any(not np.allclose(a, b, atol=1e-4) for a, b in zip(averaged, training_weights, strict=True))
     for restored, before in zip(per_epoch.get_weights(), training_weights, strict=True):
         np.testing.assert_array_equal(restored, before)  # the block leaves the training weights as they were
+
+
+def test_averaged_weights_come_with_batchnorm_statistics_of_their_own():
+    """Keras averages the trainable weights only; BatchNorm's statistics are recomputed for the average."""
+    import keras
+
+    from fmnist.averaging import averaged_weights, ema_callbacks
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, size=(256, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=256)
+    model = build_model("compact")
+    model.compile(optimizer=build_optimizer(TrainConfig(optimizer="sgd", ema=0.9, learning_rate=0.1), 4),
+                  loss=build_loss(TrainConfig()))  # fmt: skip
+    model.fit(images, labels, batch_size=64, epochs=2, verbose=0, callbacks=ema_callbacks(model, images))
+    first = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+    normalised = keras.Model(model.input, first.input)  # what the first BatchNorm sees
+    raw_weights, raw_mean = model.get_weights(), as_numpy(first.moving_mean)
+    with averaged_weights(model, images):
+        batches = [as_numpy(normalised(images[start : start + 128])) for start in (0, 128)]
+        np.testing.assert_allclose(as_numpy(first.moving_mean), np.mean([b.mean(axis=(0, 1, 2)) for b in batches], axis=0),
+                                   rtol=1e-4, atol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(as_numpy(first.moving_variance), np.mean([b.var(axis=(0, 1, 2)) for b in batches], axis=0),
+                                   rtol=1e-3, atol=1e-5)  # fmt: skip
+        assert not np.allclose(as_numpy(first.moving_mean), raw_mean, rtol=1e-3)  # the raw weights' statistics differ
+    for restored, before in zip(model.get_weights(), raw_weights, strict=True):
+        np.testing.assert_array_equal(restored, before)  # the raw weights and their own statistics again
+
+
+def test_recomputing_batchnorm_statistics_leaves_the_augmentation_random_state_alone():
+    from fmnist.averaging import recompute_batchnorm_statistics
+
+    model = build_model("compact", augmentation=augmentation_layers(translate=2, flip=True, erase=0.5))
+    seeds = [variable for variable in model.non_trainable_variables if "seed" in variable.path]
+    before = [as_numpy(seed) for seed in seeds]
+    momenta = [layer.momentum for layer in model.layers if hasattr(layer, "moving_mean")]
+    images = np.random.default_rng(0).integers(0, 256, size=(200, 28, 28), dtype=np.uint8)
+    recompute_batchnorm_statistics(model, images)
+    assert len(seeds) == 3 and all(np.array_equal(as_numpy(seed), old) for seed, old in zip(seeds, before, strict=True))
+    assert [layer.momentum for layer in model.layers if hasattr(layer, "moving_mean")] == momenta
 
 
 def test_mixed_precision_computes_in_16_bits_and_keeps_float32_logits(dataset, tmp_path):

@@ -66,61 +66,6 @@ def build_optimizer(config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     return keras.optimizers.Adam(rate, weight_decay=decay, **average)
 
 
-def uses_ema(model: keras.Model) -> bool:
-    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under a LossScaleOptimizer
-    return bool(getattr(optimizer, "use_ema", False))
-
-
-class KeepTrainingWeights(keras.callbacks.Callback):
-    """Undo the copy of the averaged weights into the model that ends every `fit` with EMA.
-
-    Keras' `fit` finishes with `optimizer.finalize_variable_values`, which overwrites the weights
-    with their moving average. Training runs one `fit` per epoch, so without this every epoch
-    would restart from the average instead of from where training was. The averaged weights are
-    used for validation (keras.callbacks.SwapEMAWeights) and at the end (`averaged_weights`).
-    """
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.training_weights = trainable_values(self.model)
-
-    def on_train_end(self, logs=None):
-        assign_trainable(self.model, self.training_weights)
-
-
-def trainable_values(model: keras.Model) -> list:
-    return [ops.convert_to_numpy(variable) for variable in model.trainable_weights]
-
-
-def assign_trainable(model: keras.Model, values: list) -> None:
-    for variable, value in zip(model.trainable_weights, values, strict=True):
-        variable.assign(value)
-
-
-def ema_callbacks(model: keras.Model) -> list[keras.callbacks.Callback]:
-    """Validate on the averaged weights and keep training from the raw ones; nothing without EMA."""
-    return [keras.callbacks.SwapEMAWeights(), KeepTrainingWeights()] if uses_ema(model) else []
-
-
-def adopt_averaged_weights(model: keras.Model) -> None:
-    """Replace the weights by their moving average, for good (the end of training); nothing without EMA."""
-    if uses_ema(model):
-        model.optimizer.finalize_variable_values(model.trainable_weights)
-
-
-@contextlib.contextmanager
-def averaged_weights(model: keras.Model):
-    """Inside the block the model holds the moving average of its weights (unchanged without EMA)."""
-    if not uses_ema(model):
-        yield model
-        return
-    training_weights = trainable_values(model)
-    adopt_averaged_weights(model)
-    try:
-        yield model
-    finally:
-        assign_trainable(model, training_weights)
-
-
 @keras.saving.register_keras_serializable(package="fmnist")
 class SmoothedSparseCrossentropy(keras.losses.Loss):
     """Cross-entropy from logits with integer labels and label smoothing.

@@ -172,7 +172,7 @@ def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
 
 
 def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report: bool) -> dict:
-    from fmnist import recipe  # imports Keras, which must come after the choice of backend
+    from fmnist import averaging, recipe  # import Keras, which must come after the choice of backend
 
     runs.remove_stale_temporaries(run_dir)
     if config.mixed_precision and not recipe.accelerator_present():
@@ -185,6 +185,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
     train_indices, validation_indices = split_indices(data.y_train, config)
     x_train, y_train = data.x_train[train_indices], data.y_train[train_indices]
     validation = (data.x_train[validation_indices], data.y_train[validation_indices])
+    statistics_images = x_train[: averaging.STATISTICS_IMAGES]  # BatchNorm statistics for averaged weights
 
     checkpoint_dir = run_dir / runs.CHECKPOINT_DIR
     steps_per_epoch = -(-len(x_train) // config.batch_size)
@@ -205,7 +206,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
             result = model.fit(
                 x_train[order], y_train[order], batch_size=config.batch_size, epochs=1, shuffle=False,
                 validation_data=validation, validation_batch_size=evaluate.PREDICT_BATCH_SIZE,
-                verbose=0, callbacks=[progress, stop, *recipe.ema_callbacks(model)],
+                verbose=0, callbacks=[progress, stop, *averaging.ema_callbacks(model, statistics_images)],
             )  # fmt: skip
         if stop.requested:
             raise runs.TrainingInterrupted(
@@ -218,7 +219,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
         progress.finish(row)
         state = {**state, "epochs_done": epoch + 1, "train_seconds": state["train_seconds"] + seconds}
         if config.early_stopping_patience:
-            with recipe.averaged_weights(model):  # the weights that were validated
+            with averaging.averaged_weights(model, statistics_images):  # the weights that were validated
                 state = track_best(checkpoint_dir, model, state, row["val_accuracy"], config.early_stopping_patience)
         save_checkpoint(checkpoint_dir, model, state)
         runs.write_csv(run_dir / runs.HISTORY, history)
@@ -229,7 +230,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
     if config.early_stopping_patience:
         model.set_weights(runs.load_keras_file(checkpoint_dir / BEST_MODEL).get_weights())
     else:
-        recipe.adopt_averaged_weights(model)
+        averaging.adopt_averaged_weights(model, statistics_images)
     metrics = finish(run_dir, config, model, data, history, state, validation, len(x_train))
     if report:
         log(f"writing the analysis report to {run_dir / 'report.html'}")

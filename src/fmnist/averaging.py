@@ -1,0 +1,128 @@
+"""Weight averaging (EMA) over a training that runs one `fit` per epoch, with BatchNorm statistics to match.
+
+    callbacks = ema_callbacks(model, statistics_images)     # validate on the averaged weights
+    with averaged_weights(model, statistics_images): ...     # the averaged model inside the block
+    adopt_averaged_weights(model, statistics_images)         # for good, at the end
+
+Keras keeps the moving average in the optimizer (`use_ema`, set by `recipe.build_optimizer`) and
+averages the trainable weights only. BatchNorm's moving mean and variance are not trainable, so an
+averaged model would normalise with the statistics of the raw weights, which in a short run are
+far from its own (a 6-epoch `best` run with `--ema 0.999` had 0.913 validation accuracy that way and
+0.934 once they were recomputed, without TTA). So, as SWA does (torch.optim.swa_utils.update_bn), wherever the
+averaged weights are used, the statistics are recomputed for them from `STATISTICS_IMAGES`
+training images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import keras
+from keras import ops
+
+STATISTICS_IMAGES = 4096  # 32 batches of 128: the statistics then vary by well under 1% between samples
+_BATCH_SIZE = 128
+
+
+def uses_ema(model: keras.Model) -> bool:
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under a LossScaleOptimizer
+    return bool(getattr(optimizer, "use_ema", False))
+
+
+def values(variables) -> list:
+    return [ops.convert_to_numpy(variable) for variable in variables]
+
+
+def assign(variables, new_values: list) -> None:
+    for variable, value in zip(variables, new_values, strict=True):
+        variable.assign(value)
+
+
+def batchnorm_layers(layer: keras.layers.Layer) -> list[keras.layers.BatchNormalization]:
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return [layer]
+    return [found for inner in getattr(layer, "layers", []) for found in batchnorm_layers(inner)]
+
+
+def recompute_batchnorm_statistics(model: keras.Model, images) -> None:
+    """Set every BatchNorm's moving mean and variance to the mean of its batch statistics over `images`.
+
+    The model runs in training mode, batch by batch, with each layer's momentum set so that every
+    batch counts the same. Everything else that training mode changes (the random state of the
+    augmentation layers) is put back, so the training that follows draws what it would have drawn.
+    """
+    layers = batchnorm_layers(model)
+    if not layers:
+        return
+    statistics = {id(variable) for layer in layers for variable in (layer.moving_mean, layer.moving_variance)}
+    others = [variable for variable in model.non_trainable_variables if id(variable) not in statistics]
+    saved_others, momenta = values(others), [layer.momentum for layer in layers]
+    try:
+        for count, start in enumerate(range(0, len(images), _BATCH_SIZE)):
+            for layer in layers:
+                layer.momentum = count / (count + 1)  # 0 for the first batch: its statistics replace the old ones
+            model(images[start : start + _BATCH_SIZE], training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+        assign(others, saved_others)
+
+
+class KeepTrainingWeights(keras.callbacks.Callback):
+    """Undo the copy of the averaged weights into the model that ends every `fit` with EMA.
+
+    Keras' `fit` finishes with `optimizer.finalize_variable_values`, which overwrites the weights
+    with their moving average. Training runs one `fit` per epoch, so without this every epoch
+    would restart from the average instead of from where training was. The averaged weights are
+    used for validation (keras.callbacks.SwapEMAWeights) and at the end (`averaged_weights`).
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.training_weights = values(self.model.trainable_weights)
+
+    def on_train_end(self, logs=None):
+        assign(self.model.trainable_weights, self.training_weights)
+
+
+class AveragedBatchNormStatistics(keras.callbacks.Callback):
+    """During validation, BatchNorm statistics recomputed for the averaged weights that SwapEMAWeights put in."""
+
+    def __init__(self, images):
+        super().__init__()
+        self.images = images
+
+    def on_test_begin(self, logs=None):
+        self.saved = values(self.model.non_trainable_variables)
+        recompute_batchnorm_statistics(self.model, self.images)
+
+    def on_test_end(self, logs=None):
+        assign(self.model.non_trainable_variables, self.saved)  # training goes on with its own statistics
+
+
+def ema_callbacks(model: keras.Model, statistics_images) -> list[keras.callbacks.Callback]:
+    """Validate on the averaged weights and keep training from the raw ones; nothing without EMA."""
+    if not uses_ema(model):
+        return []
+    # In this order: the averaged weights go in before their statistics are computed.
+    return [keras.callbacks.SwapEMAWeights(), AveragedBatchNormStatistics(statistics_images), KeepTrainingWeights()]
+
+
+def adopt_averaged_weights(model: keras.Model, statistics_images) -> None:
+    """Replace the weights by their moving average, for good (the end of training); nothing without EMA."""
+    if uses_ema(model):
+        model.optimizer.finalize_variable_values(model.trainable_weights)
+        recompute_batchnorm_statistics(model, statistics_images)
+
+
+@contextlib.contextmanager
+def averaged_weights(model: keras.Model, statistics_images):
+    """Inside the block the model holds the moving average of its weights (unchanged without EMA)."""
+    if not uses_ema(model):
+        yield model
+        return
+    saved = values(model.weights)  # trainable and not: the raw weights and their BatchNorm statistics
+    adopt_averaged_weights(model, statistics_images)
+    try:
+        yield model
+    finally:
+        assign(model.weights, saved)
