@@ -32,6 +32,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from fmnist import runs
+
 
 def machine() -> str:
     model = "unknown CPU"
@@ -102,9 +104,7 @@ def main() -> int:
         run_dir = runs_dir / f"seed{seed}"
         train_run(train_arguments + ["--seed", str(seed)], run_dir)
         summary["runs"].append(json.loads((run_dir / "metrics.json").read_text()))
-        partial = runs_dir / "benchmark.json.partial"  # then renamed: a benchmark cut off mid-write keeps the last whole file
-        partial.write_text(json.dumps(summary, indent=2))
-        partial.replace(runs_dir / "benchmark.json")
+        runs.write_json(runs_dir / "benchmark.json", summary)  # atomic: a benchmark cut off keeps the last whole file
 
     results = summary["runs"]
     first = results[0]

@@ -20,6 +20,8 @@ import contextlib
 import keras
 from keras import ops
 
+from fmnist.train import restore_seed_states, seed_states
+
 STATISTICS_IMAGES = 4096  # 32 batches of 128: the statistics then vary by well under 1% between samples
 _BATCH_SIZE = 128
 
@@ -48,15 +50,14 @@ def recompute_batchnorm_statistics(model: keras.Model, images) -> None:
     """Set every BatchNorm's moving mean and variance to the mean of its batch statistics over `images`.
 
     The model runs in training mode, batch by batch, with each layer's momentum set so that every
-    batch counts the same. Everything else that training mode changes (the random state of the
-    augmentation layers) is put back, so the training that follows draws what it would have drawn.
+    batch counts the same. The random state of the augmentation layers, which training mode
+    advances, is put back (as a resumed run restores it), so the training that follows draws what
+    it would have drawn.
     """
     layers = batchnorm_layers(model)
     if not layers:
         return
-    statistics = {id(variable) for layer in layers for variable in (layer.moving_mean, layer.moving_variance)}
-    others = [variable for variable in model.non_trainable_variables if id(variable) not in statistics]
-    saved_others, momenta = values(others), [layer.momentum for layer in layers]
+    saved_seeds, momenta = seed_states(model), [layer.momentum for layer in layers]
     try:
         for count, start in enumerate(range(0, len(images), _BATCH_SIZE)):
             for layer in layers:
@@ -65,7 +66,7 @@ def recompute_batchnorm_statistics(model: keras.Model, images) -> None:
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum
-        assign(others, saved_others)
+        restore_seed_states(model, saved_seeds)
 
 
 class KeepTrainingWeights(keras.callbacks.Callback):
@@ -120,9 +121,9 @@ def averaged_weights(model: keras.Model, statistics_images):
     if not uses_ema(model):
         yield model
         return
-    saved = values(model.weights)  # trainable and not: the raw weights and their BatchNorm statistics
+    saved = model.get_weights()  # trainable and not: the raw weights and their BatchNorm statistics
     adopt_averaged_weights(model, statistics_images)
     try:
         yield model
     finally:
-        assign(model.weights, saved)
+        model.set_weights(saved)
