@@ -7,7 +7,8 @@ import pytest
 
 from fmnist import runs
 from fmnist.config import TrainConfig
-from fmnist.train import epoch_order, split_indices, train
+from fmnist.seeds import epoch_order
+from fmnist.train import split_indices, train
 
 
 def test_split_is_stratified_seeded_and_disjoint(dataset):

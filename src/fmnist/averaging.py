@@ -20,7 +20,7 @@ import contextlib
 import keras
 from keras import ops
 
-from fmnist.train import restore_seed_states, seed_states
+from fmnist.seeds import restore_seed_states, seed_states
 
 STATISTICS_IMAGES = 4096  # 32 batches of 128: the statistics then vary by well under 1% between samples
 _BATCH_SIZE = 128

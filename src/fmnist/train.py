@@ -32,6 +32,7 @@ from fmnist.data import Dataset, load_dataset
 from fmnist.interrupts import GracefulStop
 from fmnist.progress import EpochProgress
 from fmnist.report import write_report
+from fmnist.seeds import epoch_order, restore_seed_states, seed_everything, seed_states
 
 
 def split_indices(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -45,21 +46,6 @@ def split_indices(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, 
         indices, test_size=config.validation_fraction, stratify=labels[indices], random_state=config.split_seed
     )
     return np.sort(train_indices), np.sort(validation_indices)
-
-
-def epoch_order(config: TrainConfig, epoch: int, size: int) -> np.ndarray:
-    """The shuffle of one epoch: a function of (seed, epoch) only, so resuming replays it exactly."""
-    return np.random.default_rng([config.seed, epoch]).permutation(size)
-
-
-def seed_everything(config: TrainConfig) -> None:
-    import keras
-
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic and keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
 
 
 def build_and_compile(config: TrainConfig, num_classes: int, steps_per_epoch: int):
@@ -106,28 +92,6 @@ def load_checkpoint(checkpoint_dir: Path):
     model = runs.load_keras_file(checkpoint_dir / state["model_file"], compile=True)
     restore_seed_states(model, state.get("seed_states", {}))
     return model, state
-
-
-def seed_state_variables(layer) -> list:
-    return [variable for variable in layer.variables if variable.path.endswith("seed_generator_state")]
-
-
-def seed_states(model) -> dict[str, list]:
-    """The random-number states of the augmentation and dropout layers, by layer name.
-
-    A .keras file does not keep them (Keras 3.15 starts a loaded layer's generator afresh), so
-    without them a resumed run would draw other augmentations than an uninterrupted one.
-    """
-    import keras
-
-    return {layer.name: [keras.ops.convert_to_numpy(variable).tolist() for variable in variables]
-            for layer in model.layers if (variables := seed_state_variables(layer))}  # fmt: skip
-
-
-def restore_seed_states(model, states: dict[str, list]) -> None:
-    for layer in model.layers:
-        for variable, value in zip(seed_state_variables(layer), states.get(layer.name, ()), strict=layer.name in states):
-            variable.assign(np.asarray(value, dtype=variable.dtype))
 
 
 def save_checkpoint(checkpoint_dir: Path, model, state: dict) -> None:
