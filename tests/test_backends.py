@@ -15,7 +15,7 @@ def test_jax_backend_smoke(tmp_path, real_data_dir, dataset):
 
     run_dir = tmp_path / "jax-run"
     options = ["--epochs", "1", "--train-subset", "3000", "--translate", "1", "--flip", "--label-smoothing", "0.1",
-               "--schedule", "cosine", "--warmup-fraction", "0.1", "--no-report"]  # fmt: skip
+               "--schedule", "cosine", "--warmup-fraction", "0.1", "--steps-per-execution", "4", "--no-report"]  # fmt: skip
     run_cli("--backend", "jax", "train", "--run-dir", str(run_dir), "--data-dir", str(real_data_dir), *options)
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["versions"]["backend"] == "jax"

@@ -82,3 +82,45 @@ def test_unfinished_run_cannot_be_used(tmp_path):
     runs.write_json(tmp_path / runs.CONFIG, TrainConfig().to_dict())
     with pytest.raises(runs.RunError, match="run the same `fmnist train --run-dir"):
         runs.require_run(tmp_path)
+
+
+def test_steps_per_execution_trains_the_same_steps(tmp_path, dataset):
+    # 900 training images at batch 32 are 29 steps: 3 per call leaves a last call of 2, which must still run.
+    def trained_weights(steps: int):
+        config = TrainConfig(model="tiny", epochs=1, train_subset=1000, steps_per_execution=steps)
+        train(config, tmp_path / str(steps), data=dataset, log=lambda *a, **k: None, report=False)
+        model = runs.load_model(tmp_path / str(steps))
+        return model.get_weights(), runs.read_csv(tmp_path / str(steps) / runs.HISTORY)[0]
+
+    (one_by_one, history), (grouped, grouped_history) = trained_weights(1), trained_weights(3)
+    for single, multiple in zip(one_by_one, grouped, strict=True):
+        np.testing.assert_allclose(multiple, single, rtol=1e-5, atol=1e-6)
+    assert grouped_history["loss"] == pytest.approx(history["loss"], rel=1e-5)
+
+
+def test_speed_settings_are_checked():
+    with pytest.raises(ValueError, match="steps_per_execution must be at least 1"):
+        TrainConfig(steps_per_execution=0)
+    with pytest.raises(ValueError, match=r"jit_compile must be one of \['auto', 'on', 'off'\], got 'yes'"):
+        TrainConfig(jit_compile="yes")
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("off", False), ("on", True), ("auto", None)])
+def test_jit_compile_setting_reaches_keras(setting, expected):
+    # Keras turns XLA off under TensorFlow's op determinism, which other tests switch on for the process;
+    # tf.config has no way to switch it off again, so this uses the module Keras itself asks.
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config
+
+    from fmnist.train import build_and_compile
+
+    if expected is None:  # Keras' choice: XLA with a GPU, none on a CPU
+        expected = bool(tf.config.list_physical_devices("GPU"))
+    deterministic = tf_config.is_op_determinism_enabled()
+    tf_config.disable_op_determinism()
+    try:
+        model = build_and_compile(TrainConfig(model="tiny", jit_compile=setting), num_classes=10, steps_per_epoch=10)
+        assert model.jit_compile is expected
+    finally:
+        if deterministic:
+            tf_config.enable_op_determinism()

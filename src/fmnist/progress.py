@@ -29,7 +29,9 @@ class EpochProgress(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if self.bar is not None:
-            self.bar.update(batch + 1, [(key, float(value)) for key, value in (logs or {}).items() if key in _SHOWN])
+            shown = [(key, float(value)) for key, value in (logs or {}).items() if key in _SHOWN]
+            # min: with steps_per_execution Keras reports the last group one step past the end
+            self.bar.update(min(batch + 1, self.steps_per_epoch), shown)
 
     def finish(self, row: dict) -> None:
         values = [(key, row[key]) for key in _SHOWN if key in row]

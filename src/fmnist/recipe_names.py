@@ -2,3 +2,4 @@
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "onecycle", "cosine")
+JIT_COMPILE = {"auto": "auto", "on": True, "off": False}  # --jit-compile NAME: Keras' `compile(jit_compile=...)`

@@ -31,6 +31,7 @@ from fmnist.config import TrainConfig
 from fmnist.data import Dataset, load_dataset
 from fmnist.interrupts import GracefulStop
 from fmnist.progress import EpochProgress
+from fmnist.recipe_names import JIT_COMPILE
 from fmnist.report import write_report
 from fmnist.seeds import epoch_order, restore_seed_states, seed_everything, seed_states
 
@@ -55,8 +56,16 @@ def build_and_compile(config: TrainConfig, num_classes: int, steps_per_epoch: in
     with precision(config.mixed_precision):  # each layer keeps its dtype policy, also when saved and loaded
         augmentation = augmentation_layers(config.translate, config.flip, config.erase, seed=config.seed)
         model = build_model(config.model, num_classes, augmentation)
-    model.compile(optimizer=build_optimizer(config, steps_per_epoch), loss=build_loss(config), metrics=["accuracy"])
+    model.compile(optimizer=build_optimizer(config, steps_per_epoch), loss=build_loss(config), metrics=["accuracy"],
+                  jit_compile=JIT_COMPILE[config.jit_compile], steps_per_execution=steps_per_execution(config))  # fmt: skip
     return model
+
+
+def steps_per_execution(config: TrainConfig) -> int:
+    import keras
+
+    # Keras' PyTorch trainer refuses more than one; a preset that sets it still runs there, one step at a time.
+    return 1 if keras.backend.backend() == "torch" else config.steps_per_execution
 
 
 def check_same_config(run_dir: Path, config: TrainConfig) -> None:
@@ -139,6 +148,9 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
     from fmnist import averaging, recipe  # import Keras, which must come after the choice of backend
 
     runs.remove_stale_temporaries(run_dir)
+    if steps_per_execution(config) != config.steps_per_execution:
+        log(f"note: the PyTorch backend runs one training step per call; steps_per_execution {config.steps_per_execution} "
+            "changes nothing there")  # fmt: skip
     if config.mixed_precision and not recipe.accelerator_present():
         log("note: mixed precision without a GPU computes in bfloat16, which most CPUs run slower than float32 "
             "(--no-mixed-precision turns it off)")  # fmt: skip
