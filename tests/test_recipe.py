@@ -147,6 +147,30 @@ def test_averaged_weights_come_with_batchnorm_statistics_of_their_own():
         np.testing.assert_array_equal(restored, before)  # the raw weights and their own statistics again
 
 
+def test_validating_the_average_leaves_training_its_own_batchnorm_statistics():
+    """Each epoch's validation recomputes the statistics for the averaged weights, then puts training's back."""
+    import keras
+
+    from fmnist.averaging import batchnorm_statistics, ema_callbacks
+
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, size=(256, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=256)
+
+    def statistics_after_one_epoch(validate: bool) -> list[np.ndarray]:
+        keras.utils.set_random_seed(0)
+        model = build_model("compact")
+        model.compile(optimizer=build_optimizer(TrainConfig(optimizer="sgd", ema=0.9, learning_rate=0.1), 4),
+                      loss=build_loss(TrainConfig()))  # fmt: skip
+        model.fit(images, labels, batch_size=64, epochs=1, shuffle=False, verbose=0, callbacks=ema_callbacks(model, images),
+                  validation_data=(images[:128], labels[:128]) if validate else None)  # fmt: skip
+        return [as_numpy(variable) for variable in batchnorm_statistics(model)]
+
+    validated, not_validated = statistics_after_one_epoch(True), statistics_after_one_epoch(False)
+    assert len(validated) == 2 * 5  # compact's five BatchNorm layers, mean and variance each
+    for after_validation, without in zip(validated, not_validated, strict=True):
+        np.testing.assert_allclose(after_validation, without, rtol=1e-5, atol=1e-6)
+
+
 def test_recomputing_batchnorm_statistics_leaves_the_augmentation_random_state_alone():
     from fmnist.averaging import recompute_batchnorm_statistics
 

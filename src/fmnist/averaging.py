@@ -46,6 +46,10 @@ def batchnorm_layers(layer: keras.layers.Layer) -> list[keras.layers.BatchNormal
     return [found for inner in getattr(layer, "layers", []) for found in batchnorm_layers(inner)]
 
 
+def batchnorm_statistics(model: keras.Model) -> list:
+    return [variable for layer in batchnorm_layers(model) for variable in (layer.moving_mean, layer.moving_variance)]
+
+
 def recompute_batchnorm_statistics(model: keras.Model, images) -> None:
     """Set every BatchNorm's moving mean and variance to the mean of its batch statistics over `images`.
 
@@ -93,11 +97,11 @@ class AveragedBatchNormStatistics(keras.callbacks.Callback):
         self.images = images
 
     def on_test_begin(self, logs=None):
-        self.saved = values(self.model.non_trainable_variables)
+        self.saved = values(batchnorm_statistics(self.model))
         recompute_batchnorm_statistics(self.model, self.images)
 
     def on_test_end(self, logs=None):
-        assign(self.model.non_trainable_variables, self.saved)  # training goes on with its own statistics
+        assign(batchnorm_statistics(self.model), self.saved)  # training goes on with its own statistics
 
 
 def ema_callbacks(model: keras.Model, statistics_images) -> list[keras.callbacks.Callback]:
