@@ -115,7 +115,7 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     "spec": {},  # the spec's settings, the same as no preset
     "fast": {  # the spec's accuracy in a fraction of its time: a wider dense layer, bigger batches, one-cycle;
-        # 16 steps per call into TensorFlow: 7-17% more images/s for this network at batch 64 (BENCHMARKS.md)
+        # 16 steps per call into TensorFlow: the same steps, 7-17% more images/s in the throughput benchmark (BENCHMARKS.md)
         "model": "baseline_wide", "batch_size": 64, "learning_rate": 5e-3, "schedule": "onecycle",
         "warmup_fraction": 0.2, "label_smoothing": 0.1, "epochs": 2, "deterministic": False, "steps_per_execution": 16,
     },

@@ -171,6 +171,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
         state = {"epochs_done": 0, "train_seconds": 0.0, "started": datetime.now(UTC).isoformat(), "stopped_early": False}
     else:
         log(f"resuming {run_dir} after epoch {state['epochs_done']} of {config.epochs}")
+        model.steps_per_execution = steps_per_execution(config)  # the checkpoint's is that of the backend it was saved on
     history = runs.read_csv(run_dir / runs.HISTORY)[: state["epochs_done"]]
     progress = EpochProgress(config.epochs, steps_per_epoch, interactive=sys.stdout.isatty(), log=log)
 
