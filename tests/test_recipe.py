@@ -88,14 +88,27 @@ def test_bad_recipe_values(values, message):
         TrainConfig(**values)
 
 
+def random_examples(count: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded random uint8 images and labels: enough to exercise averaging, not to learn anything."""
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=count)
+
+
+def compact_with_ema():
+    """`compact` (five BatchNorm layers) compiled with SGD and an EMA of its weights, 4 steps per epoch."""
+    model = build_model("compact")
+    model.compile(optimizer=build_optimizer(TrainConfig(optimizer="sgd", ema=0.9, learning_rate=0.1), 4),
+                  loss=build_loss(TrainConfig()))  # fmt: skip
+    return model
+
+
 def fit_with_ema(fits: int, epochs_per_fit: int):
     import keras
 
     from fmnist.averaging import ema_callbacks
 
     keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    images, labels = rng.integers(0, 256, size=(256, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=256)
+    images, labels = random_examples()
     model = build_model("tiny")
     model.compile(optimizer=build_optimizer(TrainConfig(ema=0.9, learning_rate=1e-2), 8), loss=build_loss(TrainConfig()))
     for _ in range(fits):
@@ -127,11 +140,8 @@ def test_averaged_weights_come_with_batchnorm_statistics_of_their_own():
     from fmnist.averaging import averaged_weights, ema_callbacks
 
     keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    images, labels = rng.integers(0, 256, size=(256, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=256)
-    model = build_model("compact")
-    model.compile(optimizer=build_optimizer(TrainConfig(optimizer="sgd", ema=0.9, learning_rate=0.1), 4),
-                  loss=build_loss(TrainConfig()))  # fmt: skip
+    images, labels = random_examples()
+    model = compact_with_ema()
     model.fit(images, labels, batch_size=64, epochs=2, verbose=0, callbacks=ema_callbacks(model, images))
     first = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
     normalised = keras.Model(model.input, first.input)  # what the first BatchNorm sees
@@ -153,14 +163,11 @@ def test_validating_the_average_leaves_training_its_own_batchnorm_statistics():
 
     from fmnist.averaging import batchnorm_statistics, ema_callbacks
 
-    rng = np.random.default_rng(0)
-    images, labels = rng.integers(0, 256, size=(256, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=256)
+    images, labels = random_examples()
 
     def statistics_after_one_epoch(validate: bool) -> list[np.ndarray]:
         keras.utils.set_random_seed(0)
-        model = build_model("compact")
-        model.compile(optimizer=build_optimizer(TrainConfig(optimizer="sgd", ema=0.9, learning_rate=0.1), 4),
-                      loss=build_loss(TrainConfig()))  # fmt: skip
+        model = compact_with_ema()
         model.fit(images, labels, batch_size=64, epochs=1, shuffle=False, verbose=0, callbacks=ema_callbacks(model, images),
                   validation_data=(images[:128], labels[:128]) if validate else None)  # fmt: skip
         return [as_numpy(variable) for variable in batchnorm_statistics(model)]
