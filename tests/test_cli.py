@@ -115,7 +115,7 @@ def wait_for_epoch(run_dir, epochs_done, process, timeout=120):
     raise AssertionError(f"no checkpoint of epoch {epochs_done} appeared")
 
 
-RESUME_OPTIONS = ["--epochs", "3", "--train-subset", "3000", "--seed", "7", "--no-report"]
+RESUME_OPTIONS = ["--epochs", "3", "--train-subset", "3000", "--seed", "7", "--no-report", "--checkpoint-seconds", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +160,23 @@ def assert_resumes_identically(cut_dir, options, whole, how):
     history_cut = (cut_dir / "history.csv").read_text().splitlines()
     assert [line.rsplit(",", 1)[0] for line in history_cut] == [line.rsplit(",", 1)[0] for line in history_whole]
 
+
+def test_checkpoints_wait_for_their_interval(tmp_path, real_data_dir):
+    """With more seconds between checkpoints than the run lasts, only the last epoch would write one."""
+    run_dir = tmp_path / "run"
+    command = cli_command("train", "--run-dir", str(run_dir), "--model", "tiny", "--epochs", "40", "--train-subset",
+                          "3000", "--checkpoint-seconds", "3600", "--no-report", "--data-dir", str(real_data_dir))  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if (run_dir / "history.csv").exists() and len((run_dir / "history.csv").read_text().splitlines()) > 3:
+            break
+        time.sleep(0.1)
+    epochs_done = len((run_dir / "history.csv").read_text().splitlines()) - 1
+    checkpointed = (run_dir / "checkpoint" / "state.json").exists()
+    process.kill()
+    process.communicate(timeout=60)
+    assert 3 <= epochs_done < 40 and not checkpointed
 
 
 def saved_test_probabilities(run_dir):

@@ -103,6 +103,8 @@ def test_speed_settings_are_checked():
         TrainConfig(steps_per_execution=0)
     with pytest.raises(ValueError, match=r"jit_compile must be one of \['auto', 'on', 'off'\], got 'yes'"):
         TrainConfig(jit_compile="yes")
+    with pytest.raises(ValueError, match="checkpoint_seconds must be 0 or more, got -1"):
+        TrainConfig(checkpoint_seconds=-1)
 
 
 @pytest.mark.parametrize(("setting", "expected"), [("off", False), ("on", True), ("auto", None)])

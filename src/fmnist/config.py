@@ -53,11 +53,14 @@ class TrainConfig:
     mixed_precision: bool = _field(False, "compute in 16-bit floats with float32 weights (float16 on a GPU, "
                                           "bfloat16 on a CPU); for GPUs, slower on most CPUs")
     train_subset: int | None = _field(None, "train on only this many training images (stratified); for quick trials")
-    # Speed only: neither changes what a step computes.
+    # Speed only: none of these changes what a step computes.
     steps_per_execution: int = _field(1, "training steps per call into the backend, which saves Python's overhead per "
                                          "step (TensorFlow and JAX; the PyTorch backend runs one at a time)")
     jit_compile: str = _field("auto", "XLA compilation of the training step: auto (Keras' choice: on with a GPU, off "
                                       "on a CPU, where it ran 3x slower here), on or off")
+    checkpoint_seconds: float = _field(10.0, "seconds of training between resumable checkpoints: one is written after "
+                                             "the first epoch ending this long after the last one, and after the "
+                                             "last epoch (0: after every epoch; each costs about 0.3 s for resnet9)")
 
     def __post_init__(self):
         problems = []
@@ -80,6 +83,8 @@ class TrainConfig:
             problems.append("translate must be 0-14 pixels; weight_decay and early_stopping_patience not negative")
         if self.steps_per_execution < 1:
             problems.append(f"steps_per_execution must be at least 1, got {self.steps_per_execution}")
+        if not self.checkpoint_seconds >= 0:
+            problems.append(f"checkpoint_seconds must be 0 or more, got {self.checkpoint_seconds}")
         if self.jit_compile not in JIT_COMPILE:
             problems.append(f"jit_compile must be one of {list(JIT_COMPILE)}, got {self.jit_compile!r}")
         if self.train_subset is not None and self.train_subset < 100:
@@ -125,7 +130,8 @@ PRESETS: dict[str, dict] = {
         "label_smoothing": 0.1, "flip": True, "tta": True, "deterministic": False,
     },
     "gpu": {  # for one GPU: Myrtle.ai's ResNet-9 recipe (batch 512, SGD at 0.4, one-cycle) with shifts, flips,
-        # cutout; 148 epochs are what a probe found to fit 140 s on an H100 (2 min measured, BENCHMARKS.md)
+        # cutout; 148 epochs are what a probe found to fit 140 s on an H100 (2 min measured); 200 and 220
+        # epochs (the whole 3 minutes) validated no better (BENCHMARKS.md)
         "model": "resnet9", "epochs": 148, "batch_size": 512, "optimizer": "sgd", "learning_rate": 0.4,
         "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle", "warmup_fraction": 0.25,
         "label_smoothing": 0.1, "translate": 2, "flip": True, "erase": 0.5, "tta": True,

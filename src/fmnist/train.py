@@ -6,9 +6,10 @@
     metrics["test_accuracy"]
 
 Each epoch is one `fit` call over the training split in an order drawn from (seed, epoch).
-After it, the model with its optimizer state is checkpointed atomically; running the same
-command again picks up after the last completed epoch, and because the epoch order does not
-depend on how many epochs ran in this process, the result is the one an uninterrupted run
+After it, once `checkpoint_seconds` of training have passed since the last checkpoint (and
+after the last epoch), the model with its optimizer state is checkpointed atomically; running
+the same command again picks up after the last checkpoint, and because the epoch order does
+not depend on how many epochs ran in this process, the result is the one an uninterrupted run
 gives. The test set is evaluated once, after the last epoch.
 """
 
@@ -174,6 +175,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
         model.steps_per_execution = steps_per_execution(config)  # the checkpoint's is that of the backend it was saved on
     history = runs.read_csv(run_dir / runs.HISTORY)[: state["epochs_done"]]
     progress = EpochProgress(config.epochs, steps_per_epoch, interactive=sys.stdout.isatty(), log=log)
+    checkpointed, seconds_since_checkpoint = state["epochs_done"], 0.0
 
     for epoch in range(state["epochs_done"], config.epochs if not state.get("stopped_early") else 0):
         order = epoch_order(config, epoch, len(x_train))
@@ -187,7 +189,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
             )  # fmt: skip
         if stop.requested:
             raise runs.TrainingInterrupted(
-                f"stopped during epoch {epoch + 1}, which is dropped; {run_dir} keeps the {epoch} completed before it"
+                f"stopped during epoch {epoch + 1}; {run_dir} keeps the {checkpointed} epochs of its last checkpoint"
             )
         seconds = time.perf_counter() - started
         last_values = {key: float(values[-1]) for key, values in result.history.items()}
@@ -195,10 +197,17 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
         history.append(row)
         progress.finish(row)
         state = {**state, "epochs_done": epoch + 1, "train_seconds": state["train_seconds"] + seconds}
+        best_epoch = state.get("best_epoch")
         if config.early_stopping_patience:
             with averaging.averaged_weights(model, statistics_images):  # the weights that were validated
                 state = track_best(checkpoint_dir, model, state, row["val_accuracy"], config.early_stopping_patience)
-        save_checkpoint(checkpoint_dir, model, state)
+        seconds_since_checkpoint += seconds
+        # A checkpoint of resnet9 takes longer than a GPU epoch; one every few seconds loses little on a kill.
+        # A new best model is saved with the state that names it, so that the two always agree.
+        if (seconds_since_checkpoint >= config.checkpoint_seconds or epoch + 1 == config.epochs
+                or state.get("stopped_early") or state.get("best_epoch") != best_epoch):
+            save_checkpoint(checkpoint_dir, model, state)
+            checkpointed, seconds_since_checkpoint = epoch + 1, 0.0
         runs.write_csv(run_dir / runs.HISTORY, history)
         if state.get("stopped_early"):
             log(f"early stopping: no better validation accuracy since epoch {state['best_epoch']}; keeping that epoch")
