@@ -65,7 +65,10 @@ def train_run(train_arguments: list[str], run_dir: Path) -> None:
     """One `fmnist train` in a fresh process (`python -m fmnist`, so it also runs from a source tree)."""
     command = [sys.executable, "-m", "fmnist", "train", *train_arguments, "--run-dir", str(run_dir)]
     print("$", shlex.join(command), flush=True)
-    subprocess.run(command, check=True)
+    # Each run compiles from scratch, as a first run does: the CLI's JAX compilation cache stays off
+    # unless JAX_COMPILATION_CACHE_DIR is set.
+    environment = {**os.environ, "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR", "")}
+    subprocess.run(command, check=True, env=environment)
 
 
 def epochs_within(seconds: float, train_arguments: list[str], probe_dir: Path) -> int:

@@ -278,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["KERAS_BACKEND"] = arguments.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ log chatter hides the output; real errors still raise
 
-    from fmnist.data import DataError
+    from fmnist.data import DataError, cache_dir
+
+    # JAX's persistent compilation cache: a later run of the same shapes (another seed, `predict`) loads the
+    # compiled steps instead of compiling them again (only JAX reads this; an empty value turns it off).
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_dir() / "jax"))
     from fmnist.images import ImageError
     from fmnist.runs import RunError, TrainingInterrupted
 
