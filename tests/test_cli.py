@@ -204,6 +204,43 @@ def test_ensemble_predict_and_evaluate_average_the_runs(baseline_run, uninterrup
     assert json.loads((runs[0] / "metrics.json").read_text())["test_accuracy"] != metrics["eval_accuracy"]  # run untouched
 
 
+def test_evaluate_on_the_held_out_validation_images(baseline_run, uninterrupted_run, real_data_dir, dataset, tmp_path):
+    from fmnist.config import TrainConfig
+    from fmnist.evaluate import ensemble_logits
+    from fmnist.runs import load_model
+    from fmnist.train import split_indices
+
+    # one run alone gives the validation accuracy its training reported, from the same images
+    result = run_cli("evaluate", str(uninterrupted_run), "--split", "validation", "--data-dir", str(real_data_dir))
+    metrics = json.loads((uninterrupted_run / "evaluations" / "validation" / "metrics.json").read_text())
+    assert metrics["num_images"] == 300 and "on 300 images" in result.stdout
+    assert metrics["eval_accuracy"] == pytest.approx(json.loads((uninterrupted_run / "metrics.json").read_text())["val_accuracy"])
+
+    run_cli("evaluate", str(baseline_run), "--ensemble", str(uninterrupted_run), "--split", "validation", "--tta",
+            "--data-dir", str(real_data_dir))  # fmt: skip
+    metrics = json.loads((baseline_run / "evaluations" / "validation-ensemble-tta" / "metrics.json").read_text())
+    _, validation = split_indices(dataset.y_train, TrainConfig(train_subset=3000))
+    logits = ensemble_logits([load_model(baseline_run), load_model(uninterrupted_run)], dataset.x_train[validation], tta=True)
+    assert metrics["eval_accuracy"] == pytest.approx(np.mean(logits.argmax(axis=1) == dataset.y_train[validation]))
+
+    other = tmp_path / "other-split"  # the same model, as if it had held out other images
+    shutil.copytree(uninterrupted_run, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "split_seed": 1}))
+    refused = run_cli("evaluate", str(baseline_run), "--ensemble", str(other), "--split", "validation",
+                      "--data-dir", str(real_data_dir), check=False)  # fmt: skip
+    assert refused.returncode == 1 and "split_seed 1 against 0" in refused.stderr and "Traceback" not in refused.stderr
+    (other / "config.json").write_text(json.dumps(config))
+    info = json.loads((other / "run_info.json").read_text())
+    info["data_checksums"]["train-labels-idx1-ubyte.gz"] = "0" * 64  # as if trained on other labels
+    (other / "run_info.json").write_text(json.dumps(info))
+    refused = run_cli("evaluate", str(other), "--split", "validation", "--data-dir", str(real_data_dir), check=False)
+    assert refused.returncode == 1 and "trained on other data files" in refused.stderr
+    refused = run_cli("evaluate", str(baseline_run), "--split", "validation", "--images", "x.npy", "--labels", "y.npy",
+                      check=False)  # fmt: skip
+    assert refused.returncode == 1 and "--images gives others" in refused.stderr
+
+
 def test_served_ensemble_with_tta_averages_four_predictions(baseline_run, uninterrupted_run, dataset):
     from fmnist.evaluate import predict_logits, softmax
     from fmnist.runs import load_model

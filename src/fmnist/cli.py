@@ -79,8 +79,18 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
 
     if (arguments.images is None) != (arguments.labels is None):
         raise ValueError("--images and --labels go together")
+    if arguments.images and arguments.split != "test":
+        raise ValueError("--split chooses between the run's own test and validation images; --images gives others")
     ensemble = tuple(arguments.ensemble or ())
-    if arguments.images:
+    if arguments.split == "validation":
+        from fmnist.data import load_dataset
+        from fmnist.train import held_out_split
+
+        images, labels = held_out_split([Path(arguments.run), *map(Path, ensemble)], load_dataset(arguments.data_dir))
+        name = "validation" + ("-ensemble" if ensemble else "") + {None: "", True: "-tta", False: "-no-tta"}[arguments.tta]
+        output = Path(arguments.output or Path(arguments.run) / "evaluations" / name)
+        results = evaluate_run(arguments.run, images, labels, output_dir=output, ensemble=ensemble, tta=arguments.tta)
+    elif arguments.images:
         images = array_to_images(read_array(arguments.images), arguments.images)
         labels = read_array(arguments.labels).ravel()
         if len(labels) != len(images):
@@ -230,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--output", help="where results on --images, of an ensemble or with another --tta go "
                                                   "(default: RUN/evaluations/NAME)")
     evaluate_parser.add_argument("--data-dir", help="directory with the four IDX files")
+    evaluate_parser.add_argument("--split", choices=("test", "validation"), default="test",
+                                 help="the test set (default) or the validation images the run held out, "
+                                      "on which to compare runs, ensembles and TTA without touching the test set")  # fmt: skip
     add_ensemble_options(evaluate_parser)
     evaluate_parser.set_defaults(handler=command_evaluate)
 

@@ -50,6 +50,27 @@ def split_indices(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, 
     return np.sort(train_indices), np.sort(validation_indices)
 
 
+def held_out_split(run_dirs: list[Path], data: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The validation images and labels that finished runs held out, which must be the same for all of them."""
+    configs = [TrainConfig.load(runs.require_run(run_dir) / runs.CONFIG) for run_dir in run_dirs]
+    for run_dir, config in zip(run_dirs[1:], configs[1:], strict=True):
+        settings = ("split_seed", "validation_fraction", "train_subset")
+        differences = [f"{name} {getattr(config, name)} against {getattr(configs[0], name)}" for name in settings
+                       if getattr(config, name) != getattr(configs[0], name)]  # fmt: skip
+        if differences:
+            raise runs.RunError(
+                f"{run_dir} held out other validation images than {run_dirs[0]} ({', '.join(differences)}), so it "
+                "trained on some of the images it would be judged on; an ensemble's runs must split alike"
+            )
+    for run_dir in run_dirs:
+        trained_on = runs.read_json(Path(run_dir) / runs.RUN_INFO).get("data_checksums")
+        if trained_on and trained_on != data.checksums:
+            raise runs.RunError(f"{run_dir} was trained on other data files than those in {data.directory} (their "
+                                "checksums differ); give the --data-dir it was trained with")  # fmt: skip
+    _, validation_indices = split_indices(data.y_train, configs[0])
+    return data.x_train[validation_indices], data.y_train[validation_indices]
+
+
 def build_and_compile(config: TrainConfig, num_classes: int, steps_per_epoch: int):
     from fmnist.models import augmentation_layers, build_model
     from fmnist.recipe import build_loss, build_optimizer, precision
