@@ -71,6 +71,15 @@ def command_train(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def variant_name(data: str, arguments: argparse.Namespace) -> str:
+    """What was evaluated besides the run as trained, e.g. test-ensemble-tta."""
+    return data + ("-ensemble" if arguments.ensemble else "") + {None: "", True: "-tta", False: "-no-tta"}[arguments.tta]
+
+
+def evaluation_output(arguments: argparse.Namespace, name: str) -> Path:
+    return Path(arguments.output or Path(arguments.run) / "evaluations" / name)
+
+
 def command_evaluate(arguments: argparse.Namespace) -> int:
     import numpy as np
 
@@ -87,8 +96,7 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
         from fmnist.train import held_out_split
 
         images, labels = held_out_split([Path(arguments.run), *map(Path, ensemble)], load_dataset(arguments.data_dir))
-        name = "validation" + ("-ensemble" if ensemble else "") + {None: "", True: "-tta", False: "-no-tta"}[arguments.tta]
-        output = Path(arguments.output or Path(arguments.run) / "evaluations" / name)
+        output = evaluation_output(arguments, variant_name("validation", arguments))
         results = evaluate_run(arguments.run, images, labels, output_dir=output, ensemble=ensemble, tta=arguments.tta)
     elif arguments.images:
         images = array_to_images(read_array(arguments.images), arguments.images)
@@ -98,11 +106,10 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
         if not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
             raise ValueError(f"{arguments.labels}: labels must be whole numbers from 0 to 9")
         labels = labels.astype("int64")
-        output = Path(arguments.output or Path(arguments.run) / "evaluations" / Path(arguments.images).name.split(".")[0])
+        output = evaluation_output(arguments, Path(arguments.images).name.split(".")[0])
         results = evaluate_run(arguments.run, images, labels, output_dir=output, ensemble=ensemble, tta=arguments.tta)
     elif ensemble or arguments.tta is not None:
-        name = "test" + ("-ensemble" if ensemble else "") + {None: "", True: "-tta", False: "-no-tta"}[arguments.tta]
-        output = Path(arguments.output or Path(arguments.run) / "evaluations" / name)
+        output = evaluation_output(arguments, variant_name("test", arguments))
         results = evaluate_run(arguments.run, output_dir=output, data_dir=arguments.data_dir,
                                ensemble=ensemble, tta=arguments.tta)
     else:
