@@ -4,6 +4,7 @@
     python benchmarks/throughput_benchmark.py --model compact --batch-size 128 --augment --images 12800
     python benchmarks/throughput_benchmark.py --jit-compile                    # XLA (slower on this CPU)
     KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --model bn_cnn
+    KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --model compact --keras-torch-layout  # Keras' transpose
 
 One `fit` of several epochs over the first `--images` training images (Adam, the spec's loss,
 no validation), timed per epoch by a callback; the first epoch includes tracing, so the row
@@ -26,6 +27,9 @@ def main() -> int:
     parser.add_argument("--augment", action="store_true", help="shifts of 2 pixels, flips and random erasing in the model")
     parser.add_argument("--jit-compile", action="store_true", help="XLA (Keras' default on a CPU is off)")
     parser.add_argument("--steps-per-execution", type=int, default=1)
+    parser.add_argument("--keras-torch-layout", action="store_true",
+                        help="PyTorch backend: Keras' own transpose before each convolution and pooling "
+                        "(copies), not fmnist.torch_layout's backport of Keras' fix")  # fmt: skip
     parser.add_argument("--threads", metavar="INTRA,INTER", help="TensorFlow's intra- and inter-op thread counts")
     arguments = parser.parse_args()
 
@@ -38,8 +42,12 @@ def main() -> int:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)
 
+    from fmnist import torch_layout
     from fmnist.data import load_dataset
     from fmnist.models import augmentation_layers, build_model
+
+    if arguments.keras_torch_layout:
+        torch_layout.uninstall()
 
     data = load_dataset()
     images, labels = data.x_train[: arguments.images], data.y_train[: arguments.images]
@@ -62,7 +70,8 @@ def main() -> int:
     model.fit(images, labels, batch_size=arguments.batch_size, epochs=arguments.epochs, verbose=0, callbacks=[EpochTimer()])
     later = seconds[1:] or seconds
     rates = [len(images) / each for each in later]
-    print(f"{keras.backend.backend()} {arguments.model} batch {arguments.batch_size}: epochs "
+    layout = " (Keras' own transpose)" if arguments.keras_torch_layout else ""
+    print(f"{keras.backend.backend()}{layout} {arguments.model} batch {arguments.batch_size}: epochs "
           + ", ".join(f"{each:.1f} s" for each in seconds)
           + f"; images/s after the first: {', '.join(f'{rate:,.0f}' for rate in rates)} (best {max(rates):,.0f})")
     return 0

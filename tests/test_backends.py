@@ -1,7 +1,10 @@
-"""The same code on the JAX backend: train, evaluate and predict through the real CLI."""
+"""The same code on the JAX and PyTorch backends: train, evaluate and predict through the real CLI."""
 
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from PIL import Image
@@ -29,3 +32,52 @@ def test_jax_backend_smoke(tmp_path, real_data_dir, dataset):
     Image.fromarray(dataset.x_test[0]).save(tmp_path / "image.png")
     entries = json.loads(run_cli("--backend", "jax", "predict", str(run_dir), str(tmp_path / "image.png"), "--json").stdout)
     assert entries[0]["class_name"] in dataset.class_names
+
+
+def test_torch_backend_smoke(tmp_path, real_data_dir, dataset):
+    import torch  # noqa: F401  (a test dependency, as jax above)
+
+    run_dir = tmp_path / "torch-run"
+    options = ["--model", "compact", "--epochs", "1", "--train-subset", "2000", "--optimizer", "sgd",
+               "--learning-rate", "0.05", "--flip", "--tta", "--no-report"]  # fmt: skip
+    run_cli("--backend", "torch", "train", "--run-dir", str(run_dir), "--data-dir", str(real_data_dir), *options)
+    assert json.loads((run_dir / "run_info.json").read_text())["versions"]["backend"] == "torch"
+    assert json.loads((run_dir / "metrics.json").read_text())["test_accuracy"] > 0.5  # it learned
+    Image.fromarray(dataset.x_test[0]).save(tmp_path / "image.png")
+    entries = json.loads(run_cli("--backend", "torch", "predict", str(run_dir), str(tmp_path / "image.png"), "--json").stdout)
+    assert entries[0]["class_name"] in dataset.class_names
+
+
+# Runs on the PyTorch backend in its own process: the tests' process has imported Keras on TensorFlow.
+LAYOUT_CHECK = textwrap.dedent("""
+    import keras, numpy, torch
+    from keras.src.backend.torch import nn
+    keras_transpose = nn._transpose_spatial_inputs
+    from fmnist import models, torch_layout  # importing the models installs fmnist's transpose
+    assert nn._transpose_spatial_inputs is torch_layout.transpose_keeping_memory_format, "not installed"
+
+    activations = torch.rand(8, 14, 14, 32)  # channels-last, contiguous, as Keras keeps them
+    assert nn._transpose_spatial_inputs(activations).data_ptr() == activations.data_ptr(), "the input was copied"
+    layers = [keras.layers.Conv2D(16, 3, padding="same"), keras.layers.MaxPooling2D(2), keras.layers.Conv2D(8, 3)]
+    network = keras.Sequential([keras.Input((14, 14, 32)), *layers])
+
+    def outputs_and_gradients():
+        inputs = activations.clone().requires_grad_(True)
+        outputs = network(inputs)
+        outputs.square().sum().backward()
+        return [tensor.detach().numpy().copy() for tensor in (outputs, inputs.grad)]
+
+    fmnist_results = outputs_and_gradients()
+    torch_layout.uninstall()
+    assert nn._transpose_spatial_inputs is keras_transpose
+    for ours, keras_own in zip(fmnist_results, outputs_and_gradients()):
+        numpy.testing.assert_allclose(ours, keras_own, rtol=1e-5, atol=1e-5)
+    print("same results, no copy")
+""")
+
+
+def test_torch_convolutions_take_keras_layout_without_a_copy():
+    environment = {**os.environ, "KERAS_BACKEND": "torch"}
+    result = subprocess.run([sys.executable, "-c", LAYOUT_CHECK], capture_output=True, text=True, env=environment, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "same results, no copy" in result.stdout

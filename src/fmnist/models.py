@@ -21,6 +21,10 @@ from collections.abc import Callable, Sequence
 import keras
 from keras import layers, ops
 
+from fmnist import torch_layout
+
+torch_layout.install()  # on the PyTorch backend: no copy of the activations before each convolution or pooling
+
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
 
