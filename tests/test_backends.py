@@ -14,6 +14,15 @@ from conftest import run_cli
 pytestmark = pytest.mark.slow
 
 
+def check_run_and_predict(backend: str, run_dir, tmp_path, dataset):
+    """The run says which backend trained it and learned; `predict` on that backend classifies a PNG."""
+    assert json.loads((run_dir / "run_info.json").read_text())["versions"]["backend"] == backend
+    assert json.loads((run_dir / "metrics.json").read_text())["test_accuracy"] > 0.5  # it learned
+    Image.fromarray(dataset.x_test[0]).save(tmp_path / "image.png")
+    entries = json.loads(run_cli("--backend", backend, "predict", str(run_dir), str(tmp_path / "image.png"), "--json").stdout)
+    assert entries[0]["class_name"] in dataset.class_names
+
+
 def test_jax_backend_smoke(tmp_path, real_data_dir, dataset):
     import jax  # noqa: F401  (a test dependency: a missing install must fail here, not skip)
 
@@ -26,12 +35,7 @@ def test_jax_backend_smoke(tmp_path, real_data_dir, dataset):
             env=environment)  # fmt: skip
     # the training step's compiled program is kept for the next run
     assert any(path.name.startswith("jit_train_step") for path in (tmp_path / "cache" / "fmnist" / "jax").iterdir())
-    info = json.loads((run_dir / "run_info.json").read_text())
-    assert info["versions"]["backend"] == "jax"
-    assert json.loads((run_dir / "metrics.json").read_text())["test_accuracy"] > 0.5  # it learned
-    Image.fromarray(dataset.x_test[0]).save(tmp_path / "image.png")
-    entries = json.loads(run_cli("--backend", "jax", "predict", str(run_dir), str(tmp_path / "image.png"), "--json").stdout)
-    assert entries[0]["class_name"] in dataset.class_names
+    check_run_and_predict("jax", run_dir, tmp_path, dataset)
 
 
 def test_torch_backend_smoke(tmp_path, real_data_dir, dataset):
@@ -41,11 +45,7 @@ def test_torch_backend_smoke(tmp_path, real_data_dir, dataset):
     options = ["--model", "compact", "--epochs", "1", "--train-subset", "2000", "--optimizer", "sgd",
                "--learning-rate", "0.05", "--flip", "--tta", "--no-report"]  # fmt: skip
     run_cli("--backend", "torch", "train", "--run-dir", str(run_dir), "--data-dir", str(real_data_dir), *options)
-    assert json.loads((run_dir / "run_info.json").read_text())["versions"]["backend"] == "torch"
-    assert json.loads((run_dir / "metrics.json").read_text())["test_accuracy"] > 0.5  # it learned
-    Image.fromarray(dataset.x_test[0]).save(tmp_path / "image.png")
-    entries = json.loads(run_cli("--backend", "torch", "predict", str(run_dir), str(tmp_path / "image.png"), "--json").stdout)
-    assert entries[0]["class_name"] in dataset.class_names
+    check_run_and_predict("torch", run_dir, tmp_path, dataset)
 
 
 # Runs on the PyTorch backend in its own process: the tests' process has imported Keras on TensorFlow.

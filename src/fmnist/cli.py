@@ -91,13 +91,13 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
     if arguments.images and arguments.split != "test":
         raise ValueError("--split chooses between the run's own test and validation images; --images gives others")
     ensemble = tuple(arguments.ensemble or ())
+    images = labels = output = None  # the run's test images, results written into the run itself
     if arguments.split == "validation":
         from fmnist.data import load_dataset
         from fmnist.train import held_out_split
 
         images, labels = held_out_split([Path(arguments.run), *map(Path, ensemble)], load_dataset(arguments.data_dir))
         output = evaluation_output(arguments, variant_name("validation", arguments))
-        results = evaluate_run(arguments.run, images, labels, output_dir=output, ensemble=ensemble, tta=arguments.tta)
     elif arguments.images:
         images = array_to_images(read_array(arguments.images), arguments.images)
         labels = read_array(arguments.labels).ravel()
@@ -107,14 +107,11 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
             raise ValueError(f"{arguments.labels}: labels must be whole numbers from 0 to 9")
         labels = labels.astype("int64")
         output = evaluation_output(arguments, Path(arguments.images).name.split(".")[0])
-        results = evaluate_run(arguments.run, images, labels, output_dir=output, ensemble=ensemble, tta=arguments.tta)
     elif ensemble or arguments.tta is not None:
         output = evaluation_output(arguments, variant_name("test", arguments))
-        results = evaluate_run(arguments.run, output_dir=output, data_dir=arguments.data_dir,
-                               ensemble=ensemble, tta=arguments.tta)
-    else:
-        output = Path(arguments.run)
-        results = evaluate_run(arguments.run, data_dir=arguments.data_dir)
+    results = evaluate_run(arguments.run, images, labels, output_dir=output, data_dir=arguments.data_dir,
+                           ensemble=ensemble, tta=arguments.tta)  # fmt: skip
+    output = output or Path(arguments.run)
     print(f"accuracy {results.accuracy:.4f}, loss {results.loss:.4f} on {len(results.labels):,} images; written to {output}")
     return 0
 

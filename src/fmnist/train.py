@@ -53,8 +53,8 @@ def split_indices(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, 
 def held_out_split(run_dirs: list[Path], data: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """The validation images and labels that finished runs held out, which must be the same for all of them."""
     configs = [TrainConfig.load(runs.require_run(run_dir) / runs.CONFIG) for run_dir in run_dirs]
+    settings = ("split_seed", "validation_fraction", "train_subset")  # what split_indices draws the split from
     for run_dir, config in zip(run_dirs[1:], configs[1:], strict=True):
-        settings = ("split_seed", "validation_fraction", "train_subset")
         differences = [f"{name} {getattr(config, name)} against {getattr(configs[0], name)}" for name in settings
                        if getattr(config, name) != getattr(configs[0], name)]  # fmt: skip
         if differences:
