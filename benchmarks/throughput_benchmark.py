@@ -5,10 +5,11 @@
     python benchmarks/throughput_benchmark.py --jit-compile                    # XLA (slower on this CPU)
     KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --model bn_cnn
     KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --model compact --keras-torch-layout  # Keras' transpose
+    python benchmarks/throughput_benchmark.py --keras-inputs                   # Keras' autotuned pipeline for arrays
 
-One `fit` of several epochs over the first `--images` training images (Adam, the spec's loss,
-no validation), timed per epoch by a callback; the first epoch includes tracing, so the row
-reports the later ones. Nothing else should run on the machine meanwhile.
+One `fit` per epoch over the first `--images` training images (Adam, the spec's loss, no
+validation), fed as `fmnist train` feeds them (`fmnist.inputs`), timed around each call; the first
+epoch includes tracing, so the row reports the later ones. Nothing else should run on the machine meanwhile.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def main() -> int:
     parser.add_argument("--keras-torch-layout", action="store_true",
                         help="PyTorch backend: Keras' own transpose before each convolution and pooling "
                         "(copies), not fmnist.torch_layout's backport of Keras' fix")  # fmt: skip
+    parser.add_argument("--keras-inputs", action="store_true",
+                        help="TensorFlow: the arrays as they are, through Keras' own tf.data pipeline (autotuned), "
+                        "not fmnist.inputs' pipeline without autotuning")  # fmt: skip
     parser.add_argument("--threads", metavar="INTRA,INTER", help="TensorFlow's intra- and inter-op thread counts")
     arguments = parser.parse_args()
 
@@ -42,7 +46,7 @@ def main() -> int:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)
 
-    from fmnist import torch_layout
+    from fmnist import inputs, torch_layout
     from fmnist.data import load_dataset
     from fmnist.models import augmentation_layers, build_model
 
@@ -59,18 +63,16 @@ def main() -> int:
                   steps_per_execution=arguments.steps_per_execution)  # fmt: skip
 
     seconds: list[float] = []
-
-    class EpochTimer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            seconds.append(time.perf_counter() - self.started)
-
-    model.fit(images, labels, batch_size=arguments.batch_size, epochs=arguments.epochs, verbose=0, callbacks=[EpochTimer()])
+    for _ in range(arguments.epochs):  # one fit per epoch, as fmnist train does
+        keras_inputs = {"x": images, "y": labels, "batch_size": arguments.batch_size, "shuffle": False}
+        fit = keras_inputs if arguments.keras_inputs else inputs.fit_arguments((images, labels), arguments.batch_size)
+        started = time.perf_counter()
+        model.fit(**fit, epochs=1, verbose=0)
+        seconds.append(time.perf_counter() - started)
     later = seconds[1:] or seconds
     rates = [len(images) / each for each in later]
     layout = " (Keras' own transpose)" if arguments.keras_torch_layout else ""
+    layout += " (Keras' inputs)" if arguments.keras_inputs else ""
     print(f"{keras.backend.backend()}{layout} {arguments.model} batch {arguments.batch_size}: epochs "
           + ", ".join(f"{each:.1f} s" for each in seconds)
           + f"; images/s after the first: {', '.join(f'{rate:,.0f}' for rate in rates)} (best {max(rates):,.0f})")

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from fmnist import runs
+from fmnist import inputs, runs
 from fmnist.config import TrainConfig
 from fmnist.seeds import epoch_order
 from fmnist.train import split_indices, train
@@ -21,6 +21,21 @@ def test_split_is_stratified_seeded_and_disjoint(dataset):
     np.testing.assert_array_equal(again[1], validation_indices)
     other = split_indices(dataset.y_train, TrainConfig(split_seed=1))
     assert not np.array_equal(other[1], validation_indices)
+
+
+def test_fit_reads_the_arrays_in_order_without_tf_data_autotuning(dataset):
+    """On TensorFlow, fit reads a pipeline with no autotuning thread, whose end stalled epochs here (fmnist.inputs)."""
+    images, labels = dataset.x_train[:10], dataset.y_train[:10]
+    arguments = inputs.fit_arguments((images, labels), 4, (images[:3], labels[:3]), 2)
+    assert set(arguments) == {"x", "validation_data", "shuffle"}  # the batch sizes are in the pipelines
+    for pipeline, sizes, arrays in ((arguments["x"], [4, 4, 2], (images, labels)),
+                                    (arguments["validation_data"], [2, 1], (images[:3], labels[:3]))):  # fmt: skip
+        assert pipeline.options().autotune.enabled is False
+        read = [(batch_images.numpy(), batch_labels.numpy()) for batch_images, batch_labels in pipeline]
+        assert [len(batch_labels) for _, batch_labels in read] == sizes  # in order, the last batch partial
+        np.testing.assert_array_equal(np.concatenate([batch_images for batch_images, _ in read]), arrays[0])
+        np.testing.assert_array_equal(np.concatenate([batch_labels for _, batch_labels in read]), arrays[1])
+    assert inputs.fit_arguments((images, labels), 4)["validation_data"] is None
 
 
 def test_subset_is_stratified(dataset):

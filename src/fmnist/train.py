@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from fmnist import evaluate, plots, runs
+from fmnist import evaluate, inputs, plots, runs
 from fmnist.config import TrainConfig
 from fmnist.data import Dataset, load_dataset
 from fmnist.interrupts import GracefulStop
@@ -204,9 +204,9 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
         started = time.perf_counter()
         with GracefulStop() as stop:
             result = model.fit(
-                x_train[order], y_train[order], batch_size=config.batch_size, epochs=1, shuffle=False,
-                validation_data=validation, validation_batch_size=evaluate.PREDICT_BATCH_SIZE,
-                verbose=0, callbacks=[progress, stop, *averaging.ema_callbacks(model, statistics_images)],
+                **inputs.fit_arguments((x_train[order], y_train[order]), config.batch_size, validation,
+                                       evaluate.PREDICT_BATCH_SIZE),
+                epochs=1, verbose=0, callbacks=[progress, stop, *averaging.ema_callbacks(model, statistics_images)],
             )  # fmt: skip
         if stop.requested:
             raise runs.TrainingInterrupted(
