@@ -4,7 +4,7 @@
 
 On TensorFlow the arrays go in as a tf.data pipeline with autotuning off. Keras' own pipeline for
 arrays prefetches with `tf.data.AUTOTUNE`, and on this project's machine (TensorFlow 2.21, Linux 6.18)
-the end of each such pipeline stalled the process for up to 20 seconds: the main thread, destroying
+the end of such a pipeline often stalled the process for up to 20 seconds: the main thread, destroying
 the epoch's iterator, waited for tf.data's autotuning thread, asleep in a timed wait until its next
 round, with both cores idle (a native stack dump during a stall, BENCHMARKS.md). That turned about
 one epoch in three into a 41-second one. The arrays sit in memory, so a fixed prefetch of two batches
