@@ -223,13 +223,15 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
             with averaging.averaged_weights(model, statistics_images):  # the weights that were validated
                 state = track_best(checkpoint_dir, model, state, row["val_accuracy"], config.early_stopping_patience)
         seconds_since_checkpoint += seconds
+        # The history goes first: a kill between the two writes then leaves a row past the checkpoint, which
+        # resuming drops, rather than a checkpoint past the history, whose missing row nothing could restore.
+        runs.write_csv(run_dir / runs.HISTORY, history)
         # A checkpoint of resnet9 takes longer than a GPU epoch; one every few seconds loses little on a kill.
         # A new best model is saved with the state that names it, so that the two always agree.
         if (seconds_since_checkpoint >= config.checkpoint_seconds or epoch + 1 == config.epochs
                 or state.get("stopped_early") or state.get("best_epoch") != best_epoch):
             save_checkpoint(checkpoint_dir, model, state)
             checkpointed, seconds_since_checkpoint = epoch + 1, 0.0
-        runs.write_csv(run_dir / runs.HISTORY, history)
         if state.get("stopped_early"):
             log(f"early stopping: no better validation accuracy since epoch {state['best_epoch']}; keeping that epoch")
             break
