@@ -135,6 +135,37 @@ def test_a_kill_right_after_a_checkpoint_keeps_that_epoch_in_the_history(tmp_pat
     assert [row["epoch"] for row in runs.read_csv(tmp_path / runs.HISTORY)] == [1, 2]
 
 
+def test_a_signal_between_epochs_checkpoints_the_finished_epoch_and_stops(tmp_path, dataset, monkeypatch):
+    """SIGTERM while an epoch is written down (between two fits) is caught like one during a fit, and the
+    finished epoch is checkpointed though the checkpoint interval has not passed."""
+    import signal
+
+    class Unhandled(Exception):
+        pass
+
+    def unhandled(signal_number, frame):  # what the test sees if no handler of fmnist's is in place
+        raise Unhandled
+
+    def write_then_signal(path, rows):
+        real_write_csv(path, rows)
+        if path.name == runs.HISTORY and len(rows) == 1:
+            signal.raise_signal(signal.SIGTERM)
+
+    real_write_csv = runs.write_csv
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        config = TrainConfig(model="tiny", epochs=2, train_subset=1000, checkpoint_seconds=3600)
+        monkeypatch.setattr(runs, "write_csv", write_then_signal)
+        with pytest.raises(runs.TrainingInterrupted, match="after epoch 1; .* keeps the 1 epochs"):
+            train(config, tmp_path, data=dataset, log=lambda *a, **k: None, report=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert json.loads((tmp_path / runs.CHECKPOINT_DIR / runs.CHECKPOINT_STATE).read_text())["epochs_done"] == 1
+    monkeypatch.setattr(runs, "write_csv", real_write_csv)
+    train(config, tmp_path, data=dataset, log=lambda *a, **k: None, report=False)
+    assert [row["epoch"] for row in runs.read_csv(tmp_path / runs.HISTORY)] == [1, 2]
+
+
 def test_speed_settings_are_checked():
     with pytest.raises(ValueError, match="steps_per_execution must be at least 1"):
         TrainConfig(steps_per_execution=0)

@@ -1,14 +1,19 @@
 """Stop training cleanly on Ctrl-C or `kill` (SIGINT / SIGTERM).
 
     with GracefulStop() as stop:
-        model.fit(..., callbacks=[stop])
-        if stop.requested:
-            raise TrainingInterrupted(...)
+        for epoch in ...:
+            model.fit(..., callbacks=[stop])
+            if stop.requested:
+                raise TrainingInterrupted(...)
+            ... write the epoch down, and a checkpoint if stop.requested ...
+            if stop.requested:
+                raise TrainingInterrupted(...)
 
 Raising KeyboardInterrupt wherever the signal lands can leave TensorFlow's input pipeline
 deadlocked while it is torn down (seen with tf.data's thread pool), so the first signal only
 asks Keras to stop after the current batch; the unfinished epoch is then dropped and the last
-checkpoint stays as it was. A second signal raises KeyboardInterrupt at once.
+checkpoint stays as it was. A signal between two fits lets the finished epoch be checkpointed
+first. A second signal raises KeyboardInterrupt at once.
 """
 
 from __future__ import annotations

@@ -198,43 +198,48 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
     progress = EpochProgress(config.epochs, steps_per_epoch, interactive=sys.stdout.isatty(), log=log)
     checkpointed, seconds_since_checkpoint = state["epochs_done"], 0.0
 
-    for epoch in range(state["epochs_done"], config.epochs if not state.get("stopped_early") else 0):
-        order = epoch_order(config, epoch, len(x_train))
-        progress.start(epoch)
-        started = time.perf_counter()
-        with GracefulStop() as stop:
+    def interrupted(when: str) -> runs.TrainingInterrupted:
+        return runs.TrainingInterrupted(f"stopped {when}; {run_dir} keeps the {checkpointed} epochs of its last checkpoint")
+
+    # Over the whole loop, so that a signal between two fits (while an epoch is written down) is caught too.
+    with GracefulStop() as stop:
+        for epoch in range(state["epochs_done"], config.epochs if not state.get("stopped_early") else 0):
+            order = epoch_order(config, epoch, len(x_train))
+            progress.start(epoch)
+            started = time.perf_counter()
             result = model.fit(
                 **inputs.fit_arguments((x_train[order], y_train[order]), config.batch_size, validation,
                                        evaluate.PREDICT_BATCH_SIZE),
                 epochs=1, verbose=0, callbacks=[progress, stop, *averaging.ema_callbacks(model, statistics_images)],
             )  # fmt: skip
-        if stop.requested:
-            raise runs.TrainingInterrupted(
-                f"stopped during epoch {epoch + 1}; {run_dir} keeps the {checkpointed} epochs of its last checkpoint"
-            )
-        seconds = time.perf_counter() - started
-        last_values = {key: float(values[-1]) for key, values in result.history.items()}
-        row = {"epoch": epoch + 1, **last_values, "seconds": round(seconds, 3)}
-        history.append(row)
-        progress.finish(row)
-        state = {**state, "epochs_done": epoch + 1, "train_seconds": state["train_seconds"] + seconds}
-        best_epoch = state.get("best_epoch")
-        if config.early_stopping_patience:
-            with averaging.averaged_weights(model, statistics_images):  # the weights that were validated
-                state = track_best(checkpoint_dir, model, state, row["val_accuracy"], config.early_stopping_patience)
-        seconds_since_checkpoint += seconds
-        # The history goes first: a kill between the two writes then leaves a row past the checkpoint, which
-        # resuming drops, rather than a checkpoint past the history, whose missing row nothing could restore.
-        runs.write_csv(run_dir / runs.HISTORY, history)
-        # A checkpoint of resnet9 takes longer than a GPU epoch; one every few seconds loses little on a kill.
-        # A new best model is saved with the state that names it, so that the two always agree.
-        if (seconds_since_checkpoint >= config.checkpoint_seconds or epoch + 1 == config.epochs
-                or state.get("stopped_early") or state.get("best_epoch") != best_epoch):
-            save_checkpoint(checkpoint_dir, model, state)
-            checkpointed, seconds_since_checkpoint = epoch + 1, 0.0
-        if state.get("stopped_early"):
-            log(f"early stopping: no better validation accuracy since epoch {state['best_epoch']}; keeping that epoch")
-            break
+            if stop.requested:  # the epoch may be unfinished: it is dropped
+                raise interrupted(f"during epoch {epoch + 1}")
+            seconds = time.perf_counter() - started
+            last_values = {key: float(values[-1]) for key, values in result.history.items()}
+            row = {"epoch": epoch + 1, **last_values, "seconds": round(seconds, 3)}
+            history.append(row)
+            progress.finish(row)
+            state = {**state, "epochs_done": epoch + 1, "train_seconds": state["train_seconds"] + seconds}
+            best_epoch = state.get("best_epoch")
+            if config.early_stopping_patience:
+                with averaging.averaged_weights(model, statistics_images):  # the weights that were validated
+                    state = track_best(checkpoint_dir, model, state, row["val_accuracy"], config.early_stopping_patience)
+            seconds_since_checkpoint += seconds
+            # The history goes first: a kill between the two writes then leaves a row past the checkpoint, which
+            # resuming drops, rather than a checkpoint past the history, whose missing row nothing could restore.
+            runs.write_csv(run_dir / runs.HISTORY, history)
+            # A checkpoint of resnet9 takes longer than a GPU epoch; one every few seconds loses little on a kill.
+            # A new best model is saved with the state that names it, so that the two always agree; so is an
+            # epoch finished when a stop was asked for.
+            if (seconds_since_checkpoint >= config.checkpoint_seconds or epoch + 1 == config.epochs
+                    or state.get("stopped_early") or state.get("best_epoch") != best_epoch or stop.requested):
+                save_checkpoint(checkpoint_dir, model, state)
+                checkpointed, seconds_since_checkpoint = epoch + 1, 0.0
+            if stop.requested:
+                raise interrupted(f"after epoch {epoch + 1}")
+            if state.get("stopped_early"):
+                log(f"early stopping: no better validation accuracy since epoch {state['best_epoch']}; keeping that epoch")
+                break
 
     if config.early_stopping_patience:
         model.set_weights(runs.load_keras_file(checkpoint_dir / BEST_MODEL).get_weights())
