@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import as_numpy
+from fmnist import inputs
 from fmnist.config import TrainConfig
 from fmnist.evaluate import predict_logits, softmax
 from fmnist.models import augmentation_layers, build_model
@@ -113,7 +114,7 @@ def fit_with_ema(fits: int, epochs_per_fit: int):
     model.compile(optimizer=build_optimizer(TrainConfig(ema=0.9, learning_rate=1e-2), 8), loss=build_loss(TrainConfig()))
     for _ in range(fits):
         callbacks = ema_callbacks(model, images) if fits > 1 else []
-        model.fit(images, labels, batch_size=32, epochs=epochs_per_fit, shuffle=False, verbose=0, callbacks=callbacks)
+        model.fit(**inputs.fit_arguments((images, labels), 32), epochs=epochs_per_fit, verbose=0, callbacks=callbacks)
     return model
 
 
@@ -142,7 +143,7 @@ def test_averaged_weights_come_with_batchnorm_statistics_of_their_own():
     keras.utils.set_random_seed(0)
     images, labels = random_examples()
     model = compact_with_ema()
-    model.fit(images, labels, batch_size=64, epochs=2, verbose=0, callbacks=ema_callbacks(model, images))
+    model.fit(**inputs.fit_arguments((images, labels), 64), epochs=2, verbose=0, callbacks=ema_callbacks(model, images))
     first = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
     normalised = keras.Model(model.input, first.input)  # what the first BatchNorm sees
     raw_weights, raw_mean = model.get_weights(), as_numpy(first.moving_mean)
@@ -168,8 +169,9 @@ def test_validating_the_average_leaves_training_its_own_batchnorm_statistics():
     def statistics_after_one_epoch(validate: bool) -> list[np.ndarray]:
         keras.utils.set_random_seed(0)
         model = compact_with_ema()
-        model.fit(images, labels, batch_size=64, epochs=1, shuffle=False, verbose=0, callbacks=ema_callbacks(model, images),
-                  validation_data=(images[:128], labels[:128]) if validate else None)  # fmt: skip
+        validation = (images[:128], labels[:128]) if validate else None
+        model.fit(**inputs.fit_arguments((images, labels), 64, validation), epochs=1, verbose=0,
+                  callbacks=ema_callbacks(model, images))  # fmt: skip
         return [as_numpy(variable) for variable in batchnorm_statistics(model)]
 
     validated, not_validated = statistics_after_one_epoch(True), statistics_after_one_epoch(False)
