@@ -88,15 +88,11 @@ def build_and_compile(config: TrainConfig, num_classes: int, steps_per_epoch: in
 SLOWER_ON_TENSORFLOW = ("compact",)
 
 
-def keras_backend() -> str:
+def steps_per_execution(config: TrainConfig) -> int:
     import keras
 
-    return keras.backend.backend()
-
-
-def steps_per_execution(config: TrainConfig) -> int:
     # Keras' PyTorch trainer refuses more than one; a preset that sets it still runs there, one step at a time.
-    return 1 if keras_backend() == "torch" else config.steps_per_execution
+    return 1 if keras.backend.backend() == "torch" else config.steps_per_execution
 
 
 def check_same_config(run_dir: Path, config: TrainConfig) -> None:
@@ -176,7 +172,9 @@ def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
 
 
 def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report: bool) -> dict:
-    from fmnist import averaging, recipe  # import Keras, which must come after the choice of backend
+    import keras  # Keras, and the modules below that import it, must come after the choice of backend
+
+    from fmnist import averaging, recipe
 
     runs.remove_stale_temporaries(run_dir)
     if steps_per_execution(config) != config.steps_per_execution:
@@ -185,7 +183,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
     if config.mixed_precision and not recipe.accelerator_present():
         log("note: mixed precision without a GPU computes in bfloat16, which most CPUs run slower than float32 "
             "(--no-mixed-precision turns it off)")  # fmt: skip
-    if config.model in SLOWER_ON_TENSORFLOW and keras_backend() == "tensorflow" and not recipe.accelerator_present():
+    if config.model in SLOWER_ON_TENSORFLOW and keras.backend.backend() == "tensorflow" and not recipe.accelerator_present():
         log(f"note: on a CPU the PyTorch backend trains {config.model} in about a quarter less time than TensorFlow "
             "(`pip install 'fmnist[torch]'`, then `fmnist --backend torch train ...`; BENCHMARKS.md)")  # fmt: skip
     runs.write_json(run_dir / runs.CONFIG, config.to_dict())
