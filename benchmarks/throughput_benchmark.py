@@ -3,6 +3,7 @@
     python benchmarks/throughput_benchmark.py                                  # baseline, batch 128
     python benchmarks/throughput_benchmark.py --model compact --batch-size 128 --augment --images 12800
     python benchmarks/throughput_benchmark.py --jit-compile                    # XLA (slower on this CPU)
+    KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --jit-compile  # torch.compile (slower too)
     KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --model bn_cnn
     KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --model compact --keras-torch-layout  # Keras' transpose
     python benchmarks/throughput_benchmark.py --keras-inputs                   # Keras' autotuned pipeline for arrays
@@ -26,7 +27,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--images", type=int, default=54_000, help="training images per epoch (default: 54,000)")
     parser.add_argument("--augment", action="store_true", help="shifts of 2 pixels, flips and random erasing in the model")
-    parser.add_argument("--jit-compile", action="store_true", help="XLA (Keras' default on a CPU is off)")
+    parser.add_argument("--jit-compile", action="store_true",
+                        help="XLA, or torch.compile on PyTorch (Keras' default on a CPU is off)")
     parser.add_argument("--steps-per-execution", type=int, default=1)
     parser.add_argument("--keras-torch-layout", action="store_true",
                         help="PyTorch backend: Keras' own transpose before each convolution and pooling "
@@ -49,6 +51,7 @@ def main() -> int:
     from fmnist import inputs, torch_layout
     from fmnist.data import load_dataset
     from fmnist.models import augmentation_layers, build_model
+    from fmnist.recipe import jit_compile
 
     if arguments.keras_torch_layout:
         torch_layout.uninstall()
@@ -59,7 +62,7 @@ def main() -> int:
     augmentation = augmentation_layers(2, True, 0.25) if arguments.augment else []
     model = build_model(arguments.model, augmentation=augmentation)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"], jit_compile=arguments.jit_compile,
+                  metrics=["accuracy"], jit_compile=jit_compile("on" if arguments.jit_compile else "auto"),
                   steps_per_execution=arguments.steps_per_execution)  # fmt: skip
 
     seconds: list[float] = []

@@ -81,3 +81,29 @@ def test_torch_convolutions_take_keras_layout_without_a_copy():
     result = subprocess.run([sys.executable, "-c", LAYOUT_CHECK], capture_output=True, text=True, env=environment, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "same results, no copy" in result.stdout
+
+
+# torch.compile on Keras' layers: PyTorch 2.13 marked the shapes dynamic and its inductor failed ("cannot determine
+# truth value of Relational") on the first fit; fmnist.recipe.jit_compile keeps them static.
+JIT_CHECK = textwrap.dedent("""
+    import keras, numpy, torch._dynamo
+    from fmnist.models import build_model
+    from fmnist.recipe import jit_compile
+    keras.utils.set_random_seed(0)
+    model = build_model("tiny")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=jit_compile("on"),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    generator = numpy.random.default_rng(0)
+    images, labels = generator.integers(0, 256, (64, 28, 28, 1), dtype=numpy.uint8), generator.integers(0, 10, 64)
+    losses = model.fit(images, labels, batch_size=32, epochs=3, verbose=0).history["loss"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0, "nothing was compiled"
+    assert losses[-1] < losses[0], losses
+    print("compiled and trained")
+""")
+
+
+def test_jit_compile_on_the_torch_backend_compiles_and_trains():
+    environment = {**os.environ, "KERAS_BACKEND": "torch"}
+    result = subprocess.run([sys.executable, "-c", JIT_CHECK], capture_output=True, text=True, env=environment, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "compiled and trained" in result.stdout

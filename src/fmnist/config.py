@@ -56,8 +56,10 @@ class TrainConfig:
     # Speed only: none of these changes what a step computes.
     steps_per_execution: int = _field(1, "training steps per call into the backend, which saves Python's overhead per "
                                          "step (TensorFlow and JAX; the PyTorch backend runs one at a time)")
-    jit_compile: str = _field("auto", "XLA compilation of the training step: auto (Keras' choice: on with a GPU, off "
-                                      "on a CPU, where it ran 3x slower here), on or off")
+    jit_compile: str = _field("auto", "compilation of the training step (XLA; torch.compile on PyTorch): auto "
+                                      "(Keras' choice: on for JAX, and for TensorFlow with a GPU; off for PyTorch, "
+                                      "where it ran 2x slower here, and for TensorFlow on a CPU, where it ran 3x "
+                                      "slower), on or off")
     checkpoint_seconds: float = _field(10.0, "seconds of training between resumable checkpoints: one is written after "
                                              "the first epoch ending this long after the last one, and after the "
                                              "last epoch (0: after every epoch; each costs about 0.3 s for resnet9)")

@@ -16,6 +16,8 @@ import math
 import keras
 from keras import ops
 
+from fmnist.recipe_names import JIT_COMPILE
+
 
 @keras.saving.register_keras_serializable(package="fmnist")
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -127,3 +129,19 @@ def precision(mixed: bool):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def jit_compile(name: str) -> bool | str:
+    """Keras' `compile(jit_compile=...)` for `--jit-compile NAME`; on PyTorch, with torch.compile set up for Keras' models."""
+    value = JIT_COMPILE[name]
+    if value is True and keras.backend.backend() == "torch":
+        import torch._dynamo
+
+        # torch.compile traces Keras' layers one call at a time, so the same functions see every layer's
+        # shapes; PyTorch 2.13 then marks those shapes dynamic and its inductor fails on them ("cannot
+        # determine truth value of Relational"). Static shapes, compiled once per layer's shape, train.
+        torch._dynamo.config.automatic_dynamic_shapes = False
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 1024)
+    return value
+

@@ -32,7 +32,6 @@ from fmnist.config import TrainConfig
 from fmnist.data import Dataset, load_dataset
 from fmnist.interrupts import GracefulStop
 from fmnist.progress import EpochProgress
-from fmnist.recipe_names import JIT_COMPILE
 from fmnist.report import write_report
 from fmnist.seeds import epoch_order, restore_seed_states, seed_everything, seed_states
 
@@ -73,13 +72,13 @@ def held_out_split(run_dirs: list[Path], data: Dataset) -> tuple[np.ndarray, np.
 
 def build_and_compile(config: TrainConfig, num_classes: int, steps_per_epoch: int):
     from fmnist.models import augmentation_layers, build_model
-    from fmnist.recipe import build_loss, build_optimizer, precision
+    from fmnist.recipe import build_loss, build_optimizer, jit_compile, precision
 
     with precision(config.mixed_precision):  # each layer keeps its dtype policy, also when saved and loaded
         augmentation = augmentation_layers(config.translate, config.flip, config.erase, seed=config.seed)
         model = build_model(config.model, num_classes, augmentation)
     model.compile(optimizer=build_optimizer(config, steps_per_epoch), loss=build_loss(config), metrics=["accuracy"],
-                  jit_compile=JIT_COMPILE[config.jit_compile], steps_per_execution=steps_per_execution(config))  # fmt: skip
+                  jit_compile=jit_compile(config.jit_compile), steps_per_execution=steps_per_execution(config))  # fmt: skip
     return model
 
 
