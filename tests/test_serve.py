@@ -167,6 +167,30 @@ def test_export_passes_parity(served_run, real_data_dir, export_format):
         assert not list((run_dir / "export").glob(".staging-*"))
 
 
+def test_export_refuses_a_format_the_backend_cannot_write_and_says_how(served_run, real_data_dir):
+    result = run_cli("--backend", "torch", "export", str(served_run), "--format", "saved_model", "--data-dir",
+                     str(real_data_dir), check=False)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "SavedModel on the PyTorch backend" in result.stderr and "without --backend" in result.stderr
+
+
+def test_a_mixed_precision_run_exports_to_onnx_computing_in_float32(tmp_path, real_data_dir, dataset):
+    from fmnist.evaluate import predict_logits, softmax
+    from fmnist.export import onnx_session, run_onnx
+    from fmnist.runs import load_model
+
+    run_dir = tmp_path / "mixed"
+    run_cli("train", "--run-dir", str(run_dir), "--model", "tiny", "--mixed-precision", "--epochs", "1",
+            "--train-subset", "1000", "--no-report", "--data-dir", str(real_data_dir))  # fmt: skip
+    # the exporter wrote a graph mixing float16 and bfloat16, which ONNX Runtime refused to load
+    assert "passed" in run_cli("export", str(run_dir), "--format", "onnx", "--data-dir", str(real_data_dir)).stdout
+    images = dataset.x_test[:200]
+    exported = run_onnx(onnx_session(run_dir / "export" / "model.onnx"), images)
+    trained = load_model(run_dir)
+    assert trained.get_layer("logits").dtype_policy.name == "float32" and trained.layers[-2].compute_dtype == "bfloat16"
+    assert np.max(np.abs(exported - softmax(predict_logits(trained, images)))) < 0.02  # bfloat16's rounding only
+
+
 def test_onnx_export_of_a_model_with_augmentation_leaves_it_out(tmp_path):
     from fmnist.evaluate import predict_logits, softmax
     from fmnist.export import with_softmax, write_onnx

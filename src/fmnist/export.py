@@ -9,6 +9,7 @@ same contract as the server. The SavedModel has a `serving_default` signature
 (input "images", output "probabilities") so TF Serving loads it as it is. After writing, a parity
 check runs both models on test images: the largest absolute difference of probabilities must be
 at most 1e-5 and every argmax must agree, or the export is removed and an error raised.
+A model trained in mixed precision is exported computing in float32 (its weights already are).
 """
 
 from __future__ import annotations
@@ -31,7 +32,23 @@ PARITY_TOLERANCE = 1e-5
 
 
 class ExportError(ValueError):
-    """The export does not compute what the Keras model computes."""
+    """The export cannot be written on this backend, or does not compute what the Keras model computes."""
+
+
+def check_backend_writes(export_format: str) -> None:
+    import importlib.util
+
+    import keras
+
+    backend = keras.backend.backend()
+    if export_format == "saved_model" and backend == "torch":
+        problem = "Keras cannot write a SavedModel on the PyTorch backend"
+    elif export_format == "onnx" and backend == "jax" and importlib.util.find_spec("jax2onnx") is None:
+        problem = "Keras writes ONNX on the JAX backend through jax2onnx, which is not installed (pip install jax2onnx)"
+    else:
+        return
+    raise ExportError(f"{problem}; a run's model is the same on every backend, so export it on TensorFlow, the "
+                      f"default: `fmnist export RUN --format {export_format}` without --backend")  # fmt: skip
 
 
 def with_softmax(model):
@@ -45,6 +62,26 @@ def with_softmax(model):
     wrapped = keras.Model(images, probabilities, name=f"{model.name}_probabilities")
     wrapped(np.zeros((1, 28, 28), dtype=np.uint8))  # Keras' exporters want a model that has been called once
     return wrapped
+
+
+def computing_in_float32(model):
+    """The model itself, or for a mixed-precision one a copy whose layers compute in float32.
+
+    Its weights are float32 already; its 16-bit arithmetic is what the exporters cannot carry: the ONNX
+    exporter writes a graph that mixes float16 and bfloat16 tensors, which ONNX Runtime refuses to load,
+    and CPUs serve float32 faster anyway.
+    """
+    import keras
+
+    if all(layer.compute_dtype == "float32" for layer in model.layers):
+        return model
+
+    def in_float32(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    copy = keras.models.clone_model(model, clone_function=in_float32)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def onnx_session(path: Path, threads: int | None = None):
@@ -94,7 +131,8 @@ def export_run(run_dir: str | Path, export_format: str, data_dir: str | Path | N
     from fmnist.data import load_dataset
 
     run_dir = runs.require_run(run_dir)
-    keras_model = runs.load_model(run_dir)
+    check_backend_writes(export_format)
+    keras_model = computing_in_float32(runs.load_model(run_dir))
     model = with_softmax(keras_model)
     images = load_dataset(data_dir).x_test[:PARITY_IMAGES]
     expected = softmax(predict_logits(keras_model, images))
