@@ -4,8 +4,9 @@
     optimizer = build_optimizer(config, steps_per_epoch=422)
     loss = build_loss(config)
 
-Everything here is backend-agnostic (`keras.ops`) and serialisable, so a checkpoint restores
-the schedule's position and the optimizer's state exactly.
+The optimizer, schedule and loss are backend-agnostic (`keras.ops`) and serialisable, so a checkpoint
+restores the schedule's position and the optimizer's state exactly. `jit_compile` also sets up
+PyTorch's compiler when that backend is asked to compile.
 """
 
 from __future__ import annotations
@@ -144,4 +145,3 @@ def jit_compile(name: str) -> bool | str:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 1024)
     return value
-
