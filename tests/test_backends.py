@@ -76,11 +76,16 @@ LAYOUT_CHECK = textwrap.dedent("""
 """)
 
 
-def test_torch_convolutions_take_keras_layout_without_a_copy():
+def run_on_torch(script: str) -> subprocess.CompletedProcess:
+    """Run a Python script in its own process on the PyTorch backend; fail with the end of its stderr."""
     environment = {**os.environ, "KERAS_BACKEND": "torch"}
-    result = subprocess.run([sys.executable, "-c", LAYOUT_CHECK], capture_output=True, text=True, env=environment, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "same results, no copy" in result.stdout
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_torch_convolutions_take_keras_layout_without_a_copy():
+    assert "same results, no copy" in run_on_torch(LAYOUT_CHECK).stdout
 
 
 # torch.compile on Keras' layers: PyTorch 2.13 marked the shapes dynamic and its inductor failed ("cannot determine
@@ -103,7 +108,4 @@ JIT_CHECK = textwrap.dedent("""
 
 
 def test_jit_compile_on_the_torch_backend_compiles_and_trains():
-    environment = {**os.environ, "KERAS_BACKEND": "torch"}
-    result = subprocess.run([sys.executable, "-c", JIT_CHECK], capture_output=True, text=True, env=environment, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "compiled and trained" in result.stdout
+    assert "compiled and trained" in run_on_torch(JIT_CHECK).stdout
