@@ -104,6 +104,29 @@ def test_predict_png_files_as_json(baseline_run, dataset, tmp_path):
     assert len(top) == 3 and top[0]["class_name"] == from_png[0]["class_name"]
     assert top[0]["probability"] >= top[1]["probability"] >= top[2]["probability"]
 
+    folder, empty = tmp_path / "folder", tmp_path / "empty"
+    folder.mkdir(), empty.mkdir()
+    shutil.copy(paths[1], folder / "b.png"), shutil.copy(paths[0], folder / "a.png")
+    result = run_cli("predict", str(baseline_run), str(folder), str(empty), "--json", "--top", "1", check=False)
+    entries = json.loads(result.stdout)
+    assert result.returncode == 1
+    assert [entry["path"] for entry in entries] == [str(folder / "a.png"), str(folder / "b.png"), str(empty)]
+    assert [entry["class_index"] for entry in entries[:2]] == [entry["class_index"] for entry in from_png[:2]]
+    assert len(entries[0]["top"]) == 1 and "a directory with no image" in entries[2]["error"]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["predict", "RUN", "x.png", "--top", "0"], "argument --top: 0 is out of range; give a whole number of at least 1"),
+    (["serve", "RUN", "--workers", "0"], "argument --workers: 0 is out of range"),
+    (["serve", "RUN", "--port", "70000"], "argument --port: 70000 is out of range; give a whole number from 1 to 65535"),
+    (["serve", "RUN", "--max-delay-ms", "nan"], "argument --max-delay-ms: nan is out of range; give a number of at least 0"),
+    (["serve", "RUN", "--max-batch", "-1"], "argument --max-batch: -1 is out of range"),
+    (["serve", "RUN", "--max-body-mb", "0"], "argument --max-body-mb: 0 is out of range"),
+])  # fmt: skip
+def test_numbers_out_of_range_stop_at_the_command_line(arguments, message):
+    result = run_cli(*arguments, check=False)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
 
 def wait_for_epoch(run_dir, epochs_done, process, timeout=120):
     state = run_dir / "checkpoint" / "state.json"

@@ -121,6 +121,7 @@ def test_blank_image_is_refused(tmp_path):
     (np.full((28, 28), np.nan), "NaN"),
     (np.full((28, 28), 300), "values from 300"),
     (np.array([["a"] * 28] * 28), "dtype"),
+    (np.zeros((0, 28, 28), dtype=np.uint8), "holds no images"),
 ])  # fmt: skip
 def test_bad_arrays_are_refused(tmp_path, array, message):
     np.save(tmp_path / "bad.npy", array)
@@ -131,3 +132,18 @@ def test_bad_arrays_are_refused(tmp_path, array, message):
 def test_missing_file(tmp_path):
     with pytest.raises(ImageError, match="no such file"):
         load_images(tmp_path / "absent.png")
+
+
+def test_a_directory_stands_for_the_image_and_array_files_in_it(tmp_path):
+    for name in ("b.png", "A.JPG", ".hidden.png", "sub/c.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        save(photo(), tmp_path / name, format="PNG")
+    np.save(tmp_path / "a.npy", np.zeros((2, 28, 28), dtype=np.uint8))
+    idx_header = b"\x00\x00\x08\x03" + (1).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(idx_header + bytes(784))
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert [path.name for path in images.files_in(tmp_path)] == ["A.JPG", "a.npy", "b.png", "t10k-images-idx3-ubyte"]
+    assert images.files_in(tmp_path / "sub") == [tmp_path / "sub" / "c.png"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageError, match="a directory with no image"):
+        load_images(tmp_path / "empty")

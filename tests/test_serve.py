@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import Server, kserve_body, png_bytes, run_cli
+from fmnist.serve import ServeConfig
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +48,10 @@ def test_protocols_agree_with_each_other_and_with_predict(server, served_run, da
     tf_images = httpx.post(f"{server.url}/v1/models/shop:predict", json={"instances": b64}).json()
     np.testing.assert_allclose(np.array(tf_arrays["predictions"]), from_kserve, atol=1e-6)
     np.testing.assert_allclose(np.array(tf_images["predictions"]), from_kserve, atol=1e-6)
+    for columns in ({"inputs": images.tolist()}, {"inputs": {"images": b64}, "signature_name": "serving_default"}):
+        tf_columns = httpx.post(f"{server.url}/v1/models/shop:predict", json=columns).json()  # TF Serving's columnar format
+        assert list(tf_columns) == ["outputs"]
+        np.testing.assert_allclose(np.array(tf_columns["outputs"]), from_kserve, atol=1e-6)
     np.testing.assert_allclose(from_kserve.sum(axis=1), 1.0, atol=1e-5)
     files = [("files", (f"{i}.png", png_bytes(image), "image/png")) for i, image in enumerate(images)]
     upload = httpx.post(f"{server.url}/predict", files=files).json()
@@ -91,7 +96,12 @@ BAD_JSON_REQUESTS = [
     ("/v1/models/shop:predict", json.dumps({"instances": [{"b64": "***"}]}).encode(), 400, "invalid base64"),
     ("/v1/models/shop:predict", json.dumps({"instances": [{"b64": base64.b64encode(b"text").decode()}]}).encode(),
      400, "not an image format"),  # fmt: skip
-    ("/v1/models/shop:predict", json.dumps({"rows": []}).encode(), 400, '"instances"'),
+    ("/v1/models/shop:predict", json.dumps({"rows": []}).encode(), 400, 'one of "instances" (rows) and "inputs"'),
+    ("/v1/models/shop:predict", json.dumps({"instances": [], "inputs": []}).encode(), 400, 'one of "instances"'),
+    ("/v1/models/shop:predict", json.dumps({"inputs": {"pixels": []}}).encode(), 400, "one input, 'images'"),
+    ("/v1/models/shop:predict", json.dumps({"inputs": [], "signature_name": "other"}).encode(), 400,
+     "unknown signature_name 'other'"),  # fmt: skip
+    ("/v1/models/shop:predict", json.dumps({"inputs": "pixels"}).encode(), 400, "must be a list"),
     ("/v1/models/shop:classify", json.dumps({"instances": []}).encode(), 404, "answers :predict"),
     ("/v1/models/other:predict", json.dumps({"instances": []}).encode(), 404, "unknown model 'other'"),
     ("/v2/models/other/infer", b"{}", 404, "unknown model"),
@@ -103,6 +113,13 @@ def test_bad_json_requests_get_a_clear_4xx(server, path, body, status, message):
     response = httpx.post(f"{server.url}{path}", content=body, headers={"content-type": "application/json"})
     assert response.status_code == status, response.text
     assert message in response.json()["error"]
+
+
+@pytest.mark.parametrize("setting", [{"max_batch": 0}, {"max_request_images": -1}, {"max_body_bytes": 0},
+                                     {"max_delay_ms": float("nan")}])  # fmt: skip
+def test_a_server_config_that_could_not_serve_is_refused(setting):
+    with pytest.raises(ValueError, match=f"{next(iter(setting))} must be"):
+        ServeConfig(run_dir="runs/any", **setting)
 
 
 def test_bad_uploads_get_a_clear_4xx(server, dataset):

@@ -93,6 +93,24 @@ def test_a_locked_run_is_refused(tmp_path, dataset):
             train(TrainConfig(model="tiny", epochs=1, train_subset=1000), tmp_path, data=dataset)
 
 
+def test_a_file_in_place_of_the_run_directory_is_refused(tmp_path, dataset):
+    (tmp_path / "run").write_text("a user's file")
+    with pytest.raises(runs.RunError, match="is a file, not a directory; choose another --run-dir"):
+        train(TrainConfig(model="tiny", epochs=1, train_subset=1000), tmp_path / "run", data=dataset)
+    assert (tmp_path / "run").read_text() == "a user's file"
+
+
+def test_figures_are_written_in_the_format_their_name_asks_for(tmp_path):
+    from fmnist import plots
+
+    figure = plots.sample_grid(np.zeros((20, 28, 28), np.uint8), np.arange(20) % 10, [str(i) for i in range(10)], per_class=1)
+    runs.save_figure(figure, tmp_path / "grid.svg")
+    assert (tmp_path / "grid.svg").read_text().startswith("<?xml") and "<svg" in (tmp_path / "grid.svg").read_text()
+    with pytest.raises(ValueError, match=r"grid.txt: Matplotlib cannot write .txt; end the name with one of .*\.png"):
+        runs.save_figure(figure, tmp_path / "grid.txt")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["grid.svg"]
+
+
 def test_unfinished_run_cannot_be_used(tmp_path):
     runs.write_json(tmp_path / runs.CONFIG, TrainConfig().to_dict())
     with pytest.raises(runs.RunError, match="run the same `fmnist train --run-dir"):

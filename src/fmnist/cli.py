@@ -1,6 +1,6 @@
 """The `fmnist` command: a thin shell over the package's functions.
 
-    fmnist data [--data-dir DIR] [--download] [--grid samples.png]
+    fmnist data [--data-dir DIR] [--download] [--grid samples.png|.svg|.pdf]
     fmnist models
     fmnist train [--model baseline] [--epochs 10] [--seed 0] [--run-dir runs/baseline] ...
     fmnist evaluate RUN [--images FILE --labels FILE --output DIR] [--ensemble RUN2 ...] [--tta]
@@ -28,6 +28,21 @@ from pathlib import Path
 from fmnist.config import PRESETS, TrainConfig, field_types, preset
 
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+
+
+def number_in(kind: type, low: float, high: float = float("inf")):
+    """An argparse type: a number of `kind` from `low` to `high`, so that a bad value stops at the command line."""
+
+    def parse(text: str):
+        value = kind(text)  # a ValueError here becomes argparse's "invalid int value: 'x'"
+        if not low <= value <= high:  # written so that NaN fails too
+            what = "a whole number" if kind is int else "a number"
+            bounds = f"from {low} to {high}" if high < float("inf") else f"of at least {low}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range; give {what} {bounds}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -221,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_parser.add_argument("--data-dir", help="directory with the four IDX files (default: search, then download)")
     data_parser.add_argument("--download", action="store_true",
                              help="download missing or bad files (into --data-dir, else the user cache)")
-    data_parser.add_argument("--grid", metavar="PNG", help="write a grid of sample images per class")
+    data_parser.add_argument("--grid", metavar="FILE", help="write a grid of sample images per class (.png, .svg, .pdf...)")
     data_parser.set_defaults(handler=command_data)
 
     commands.add_parser("models", help="list the registered architectures").set_defaults(handler=command_models)
@@ -269,13 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser = commands.add_parser("serve", help="serve a run over HTTP: KServe v2, TF Serving REST, web page")
     serve_parser.add_argument("run", help="run directory")
     serve_parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    serve_parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    serve_parser.add_argument("--workers", type=int, default=1, help="server processes (default: 1)")
+    serve_parser.add_argument("--port", type=number_in(int, 1, 65535), default=8000, help="port (default: 8000)")
+    serve_parser.add_argument("--workers", type=number_in(int, 1), default=1, help="server processes (default: 1)")
     serve_parser.add_argument("--engine", choices=("auto", "onnx", "keras"), default="auto",
                               help="auto: ONNX Runtime when the run has an ONNX export, else Keras")
-    serve_parser.add_argument("--max-batch", type=int, default=256, help="most images per model call")
-    serve_parser.add_argument("--max-delay-ms", type=float, default=2.0, help="longest wait to fill a batch")
-    serve_parser.add_argument("--max-body-mb", type=int, default=10, help="largest request body (default: 10)")
+    serve_parser.add_argument("--max-batch", type=number_in(int, 1), default=256, help="most images per model call")
+    serve_parser.add_argument("--max-delay-ms", type=number_in(float, 0), default=2.0, help="longest wait to fill a batch")
+    serve_parser.add_argument("--max-body-mb", type=number_in(int, 1), default=10, help="largest request body (default: 10)")
     add_ensemble_options(serve_parser)
     serve_parser.set_defaults(handler=command_serve)
 
@@ -283,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("run", help="run directory")
     predict_parser.add_argument("files", nargs="+", metavar="FILE")
     predict_parser.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
-    predict_parser.add_argument("--top", type=int, default=3, help="how many classes to show (default: 3)")
+    predict_parser.add_argument("--top", type=number_in(int, 1), default=3, help="how many classes to show (default: 3)")
     add_ensemble_options(predict_parser)
     predict_parser.set_defaults(handler=command_predict)
     return parser
@@ -306,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return arguments.handler(arguments)
     except (DataError, RunError, ImageError, ValueError) as error:  # ExportError is a ValueError
+        print(f"fmnist: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as error:  # the file system's refusals (no space left, permission denied, ...) name the path
         print(f"fmnist: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except TrainingInterrupted as error:

@@ -98,6 +98,8 @@ def array_to_images(array: np.ndarray, name: str) -> np.ndarray:
     if array.shape[-2:] != (SIZE, SIZE) or array.ndim not in (2, 3):
         raise ImageError(f"{name}: array of shape {array.shape}; expected (28, 28) or (n, 28, 28)")
     array = array.reshape(-1, SIZE, SIZE)
+    if not len(array):
+        raise ImageError(f"{name}: the array holds no images (shape {array.shape})")
     if array.dtype == np.uint8:
         return array
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
@@ -109,6 +111,19 @@ def array_to_images(array: np.ndarray, name: str) -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating) and array.max(initial=0) <= 1.0:
         array = array * 255  # floats in [0, 1], the spec's scaled form
     return np.rint(array).astype(np.uint8)
+
+
+def image_suffixes() -> set[str]:
+    """File name endings of the formats Pillow reads, and .npy."""
+    Image.init()  # registers every plugin's extensions, not only the common ones Pillow preloads
+    return {suffix for suffix, format in Image.registered_extensions().items() if format in Image.OPEN} | {".npy"}
+
+
+def files_in(directory: str | Path) -> list[Path]:
+    """The image and array files directly in a directory (not in its subdirectories), by name; hidden ones left out."""
+    suffixes = image_suffixes()
+    return sorted(path for path in Path(directory).iterdir() if path.is_file() and not path.name.startswith(".")
+                  and (path.suffix.lower() in suffixes or "idx" in path.name))  # fmt: skip
 
 
 def is_array_file(path: Path) -> bool:
@@ -137,6 +152,8 @@ def read_array(path: str | Path) -> np.ndarray:
 def load_images(path: str | Path) -> np.ndarray:
     """(n, 28, 28) uint8 from an image file, a .npy file, or an IDX file (.gz or not)."""
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path}: a directory with no image (.png, .jpg, ...) or array (.npy, IDX) files in it")
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     if is_array_file(path):

@@ -78,11 +78,32 @@ def kserve_images(body: dict, max_batch: int) -> np.ndarray:
     return data.reshape(shape).astype(np.uint8)
 
 
-def tf_serving_images(body: dict, max_batch: int) -> np.ndarray:
-    """TF Serving's row format: {"instances": [28x28 arrays, or {"b64": base64 image file}]}."""
-    instances = body.get("instances")
+def tf_serving_instances(body: dict) -> tuple[list, str]:
+    """The images of a TF Serving REST body, and the key its answer goes under.
+
+    The row format {"instances": [...]} is answered with {"predictions": [...]}, the columnar one
+    {"inputs": [...]} (or {"inputs": {"images": [...]}}, the input named) with {"outputs": [...]}.
+    """
+    signature = body.get("signature_name", "serving_default")
+    if signature != "serving_default":
+        raise RequestError(f"unknown signature_name {signature!r}; the model has one, 'serving_default'")
+    if ("instances" in body) == ("inputs" in body):
+        raise RequestError('the body needs one of "instances" (rows) and "inputs" (columns): '
+                           'a list of 28x28 arrays or {"b64": "..."} images')  # fmt: skip
+    if "instances" in body:
+        return body["instances"], "predictions"
+    inputs = body["inputs"]
+    if isinstance(inputs, dict):  # inputs by name; the model has one
+        if set(inputs) != {INPUT_NAME}:
+            raise RequestError(f'"inputs" names {sorted(inputs)}; the model has one input, {INPUT_NAME!r}')
+        inputs = inputs[INPUT_NAME]
+    return inputs, "outputs"
+
+
+def tf_serving_images(instances: list, max_batch: int) -> np.ndarray:
+    """TF Serving's images: a list of 28x28 arrays, or of {"b64": base64 image file}."""
     if not isinstance(instances, list):
-        raise RequestError('the body needs "instances": a list of 28x28 arrays or {"b64": "..."} images')
+        raise RequestError('the images must be a list of 28x28 arrays or {"b64": "..."} images')
     check_batch(len(instances), max_batch)
     images = []
     for index, instance in enumerate(instances):

@@ -7,7 +7,8 @@
     Predictor.from_runs(["runs/seed0", "runs/seed1"], tta=True)   # an ensemble, with flip TTA
 
 A file that cannot be read yields {"path": ..., "error": ...} and the others are still
-classified. Array files with several images yield one entry per image, with its "index".
+classified. Array files with several images yield one entry per image, with its "index". A
+directory stands for the image and array files directly in it, in name order.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from fmnist import runs
 from fmnist.evaluate import ensemble_logits, softmax
-from fmnist.images import ImageError, load_images
+from fmnist.images import ImageError, files_in, load_images
 
 
 def describe(probabilities: np.ndarray, class_names: list[str], top_k: int = 3) -> dict:
@@ -30,6 +31,11 @@ def describe(probabilities: np.ndarray, class_names: list[str], top_k: int = 3) 
         "class_name": class_names[ranked[0]],
         "top": [{"class_name": class_names[i], "probability": float(probabilities[i])} for i in ranked],
     }
+
+
+def expand_directories(paths: list[str | Path]) -> list[Path]:
+    """Each directory replaced by its image and array files; one with none stays, for load_images to say so."""
+    return [member for path in map(Path, paths) for member in ((files_in(path) or [path]) if path.is_dir() else [path])]
 
 
 @dataclasses.dataclass
@@ -50,6 +56,10 @@ class Predictor:
         class_names = runs.ensemble_class_names(run_dirs)
         return cls([runs.load_model(run_dir) for run_dir in run_dirs], class_names, top_k, runs.run_tta(run_dirs[0], tta))
 
+    def __post_init__(self):
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(n, classes) softmax probabilities for uint8 images (n, 28, 28)."""
         return softmax(ensemble_logits(self.models, images, self.tta))
@@ -58,8 +68,9 @@ class Predictor:
         return describe(probabilities, self.class_names, self.top_k)
 
     def predict_files(self, paths: list[str | Path]) -> list[dict]:
+        """One entry per image, in the order given; a directory stands for the image and array files in it."""
         entries, batches = [], []
-        for path in paths:
+        for path in expand_directories(paths):
             try:
                 images = load_images(path)
             except ImageError as error:

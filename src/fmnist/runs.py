@@ -124,8 +124,13 @@ def save_model(model, path: Path) -> None:
 
 
 def save_figure(figure, path: Path) -> None:
+    """Write a Matplotlib figure in the format its name ends with (.png, .svg, .pdf...)."""
+    file_format, formats = path.suffix[1:].lower(), figure.canvas.get_supported_filetypes()
+    if file_format not in formats:
+        raise ValueError(f"{path}: Matplotlib cannot write {path.suffix or 'a name without a suffix'}; "
+                         f"end the name with one of {', '.join('.' + name for name in sorted(formats))}")  # fmt: skip
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=110, bbox_inches="tight")
+        figure.savefig(temporary, format=file_format, dpi=110, bbox_inches="tight")
 
 
 def remove_stale_temporaries(directory: Path) -> None:

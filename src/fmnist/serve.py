@@ -33,7 +33,16 @@ from fmnist import __version__, runs
 from fmnist.engine import MicroBatcher, load_engines
 from fmnist.images import ImageError, from_image_bytes
 from fmnist.metrics import ServerMetrics
-from fmnist.payloads import INPUT_NAME, OUTPUT_NAME, RequestError, check_batch, kserve_images, parse_json, tf_serving_images
+from fmnist.payloads import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    RequestError,
+    check_batch,
+    kserve_images,
+    parse_json,
+    tf_serving_images,
+    tf_serving_instances,
+)
 from fmnist.predict import describe
 
 
@@ -48,6 +57,13 @@ class ServeConfig:
     threads: int = 0  # ONNX Runtime threads per server process (0: the cores divided among the workers)
     ensemble: tuple[str, ...] = ()  # other runs whose probabilities are averaged with run_dir's
     tta: bool | None = None  # flip test-time augmentation (None: as run_dir was evaluated)
+
+    def __post_init__(self):
+        for name in ("max_batch", "max_request_images", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.max_delay_ms >= 0:  # NaN fails too
+            raise ValueError(f"max_delay_ms must be 0 or more, got {self.max_delay_ms}")
 
 
 def create_app(config: ServeConfig) -> FastAPI:
@@ -155,15 +171,14 @@ def create_app(config: ServeConfig) -> FastAPI:
         require_model(name)
         if verb != "predict":
             raise RequestError(f"unsupported verb {verb!r}; this server answers :predict", status=404)
-        body = parse_json(await read_body(request))
-        instances = body.get("instances")
+        instances, answer_key = tf_serving_instances(parse_json(await read_body(request)))
         has_files = isinstance(instances, list) and any(isinstance(instance, dict) for instance in instances)
         if has_files:  # encoded images are decoded in a thread, as uploads are
-            images = await run_in_threadpool(tf_serving_images, body, config.max_request_images)
+            images = await run_in_threadpool(tf_serving_images, instances, config.max_request_images)
         else:
-            images = tf_serving_images(body, config.max_request_images)
+            images = tf_serving_images(instances, config.max_request_images)
         probabilities = await batcher.submit(images)
-        return JSONResponse({"predictions": probabilities.tolist()})
+        return JSONResponse({answer_key: probabilities.tolist()})
 
     @app.post("/predict", summary="Upload image files (multipart field 'files'); top classes for each")
     async def upload(files: list[UploadFile] = File(..., description="PNG, JPEG or any image Pillow reads")):
@@ -247,6 +262,8 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     import uvicorn
 
     runs.require_run(config.run_dir)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     model_name = Path(config.run_dir).resolve().name
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"serving {model_name} from {config.run_dir}: open http://{shown_host}:{port}/ in a browser "

@@ -165,6 +165,8 @@ def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
         if (run_dir / runs.METRICS).exists() and (run_dir / runs.MODEL).exists():
             log(f"{run_dir} is already complete; `fmnist evaluate {run_dir}` re-evaluates it")
             return runs.read_json(run_dir / runs.METRICS)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise runs.RunError(f"{run_dir} is a file, not a directory; choose another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     with runs.locked(run_dir):
         return train_locked(config, run_dir, data or load_dataset(data_dir), log, report)
