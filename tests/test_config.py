@@ -38,6 +38,17 @@ def test_bad_values_are_named(values, message):
         TrainConfig.from_dict(values)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("[1, 2]", "a config is a JSON object of settings, not a list"),
+    ('{"epochs": 0}', "epochs must be at least 1"),
+    ("{bad", "not valid JSON"),
+])  # fmt: skip
+def test_a_bad_config_file_is_named_in_the_error(tmp_path, text, message):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'config.json'}: .*{message}"):
+        TrainConfig.load(tmp_path / "config.json")
+
+
 def test_every_field_is_a_flag_and_flags_override_a_config_file(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(TrainConfig(epochs=4, seed=3).to_dict()))

@@ -99,6 +99,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
+        if not isinstance(values, dict):
+            raise ValueError(f"a config is a JSON object of settings, not a {type(values).__name__}")
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -115,6 +117,8 @@ class TrainConfig:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}: not valid JSON ({error})") from None
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
 
 
 # Named sets of options, chosen on the validation split (BENCHMARKS.md). `fmnist train --preset NAME`
