@@ -67,3 +67,47 @@ def test_draw_on_the_canvas_and_get_a_prediction(page_server, browser, dataset):
     assert page.text_content("#top-class") in dataset.class_names
     assert page.text_content("#error") == ""
     page.close()
+
+
+def test_the_page_says_what_went_wrong(page_server, browser, tmp_path):
+    page = browser.new_page()
+    page.goto(page_server.url + "/")
+    (tmp_path / "notes.txt").write_text("not an image")
+    page.set_input_files("#file-input", str(tmp_path / "notes.txt"))
+    page.wait_for_function("document.getElementById('error').textContent !== ''")
+    assert "not an image format" in page.text_content("#error") and page.is_hidden("#result")
+    page.route("**/predict", lambda route: route.abort())  # as if the server had stopped
+    page.set_input_files("#file-input", str(tmp_path / "notes.txt"))
+    page.wait_for_function("document.getElementById('error').textContent.includes('did not answer')")
+    assert "Is fmnist serve still running?" in page.text_content("#error")
+    page.close()
+
+
+def test_the_keyboard_opens_the_chooser_and_a_pasted_image_is_classified(page_server, browser, dataset, tmp_path):
+    path = tmp_path / "test-image.png"
+    Image.fromarray(dataset.x_test[0]).save(path)
+    page = browser.new_page()
+    page.goto(page_server.url + "/")
+    page.evaluate("window.chooserOpened = 0; $('file-input').addEventListener('click', () => window.chooserOpened++)")
+    page.focus("#drop-zone")
+    page.keyboard.press("Enter")  # the zone is a button for the keyboard: it opens the file chooser
+    page.keyboard.press(" ")
+    page.wait_for_function("window.chooserOpened === 2")
+    is_prediction = lambda response: response.url.endswith("/predict")  # noqa: E731
+    with page.expect_response(is_prediction) as answer:
+        page.set_input_files("#file-input", str(path))
+    assert answer.value.status == 200
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.evaluate("$('file-input').value") == ""  # so that choosing the same file again is a change
+    uploaded = page.text_content("#top-class")
+    page.evaluate("$('result').hidden = true; $('top-class').textContent = ''")
+    with page.expect_response(is_prediction) as answer:
+        page.evaluate("""(bytes) => {  // an image pasted from the clipboard
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(bytes)], "clip.png", {type: "image/png"}));
+            document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: transfer}));
+        }""", list(path.read_bytes()))
+    assert answer.value.status == 200
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.text_content("#top-class") == uploaded and uploaded in dataset.class_names
+    page.close()
