@@ -1,6 +1,7 @@
 """End to end through the real `fmnist` command on slices of the real data."""
 
 import csv
+import importlib.metadata
 import json
 import os
 import shutil
@@ -298,3 +299,5 @@ def test_python_dash_m_fmnist_is_the_cli_and_lists_every_model():
     result = subprocess.run([sys.executable, "-m", "fmnist", "models"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert [line.split()[0] for line in result.stdout.splitlines() if line.strip()] == list(MODELS)
+    version = subprocess.run([sys.executable, "-m", "fmnist", "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.strip() == f"fmnist {importlib.metadata.version('fmnist')}"

@@ -25,6 +25,7 @@ import types
 import typing
 from pathlib import Path
 
+from fmnist import __version__
 from fmnist.config import PRESETS, TrainConfig, field_types, preset
 
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
@@ -228,6 +229,7 @@ def add_ensemble_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fmnist", description="Train, evaluate and use Fashion-MNIST classifiers.")
+    parser.add_argument("--version", action="version", version=f"fmnist {__version__}")
     parser.add_argument("--backend", choices=("tensorflow", "jax", "torch"),
                         help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
