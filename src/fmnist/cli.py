@@ -322,10 +322,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return arguments.handler(arguments)
-    except (DataError, RunError, ImageError, ValueError) as error:  # ExportError is a ValueError
-        print(f"fmnist: error: {error}", file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as error:  # the file system's refusals (no space left, permission denied, ...) name the path
+    # ExportError is a ValueError; an OSError is the file system's refusal (no space left, ...), with the path
+    except (DataError, RunError, ImageError, ValueError, OSError) as error:
         print(f"fmnist: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except TrainingInterrupted as error:

@@ -116,7 +116,7 @@ def array_to_images(array: np.ndarray, name: str) -> np.ndarray:
 def image_suffixes() -> set[str]:
     """File name endings of the formats Pillow reads, and .npy."""
     Image.init()  # registers every plugin's extensions, not only the common ones Pillow preloads
-    return {suffix for suffix, format in Image.registered_extensions().items() if format in Image.OPEN} | {".npy"}
+    return {suffix for suffix, plugin in Image.registered_extensions().items() if plugin in Image.OPEN} | {".npy"}
 
 
 def files_in(directory: str | Path) -> list[Path]:
@@ -127,7 +127,7 @@ def files_in(directory: str | Path) -> list[Path]:
 
 
 def is_array_file(path: Path) -> bool:
-    return path.suffix == ".npy" or is_idx(path)
+    return path.suffix.lower() == ".npy" or is_idx(path)
 
 
 def read_array(path: str | Path) -> np.ndarray:
@@ -136,7 +136,7 @@ def read_array(path: str | Path) -> np.ndarray:
     name = str(path)
     if not path.is_file():
         raise ImageError(f"{name}: no such file")
-    if path.suffix == ".npy":
+    if path.suffix.lower() == ".npy":
         try:
             return np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as error:
