@@ -105,9 +105,11 @@ def test_predict_png_files_as_json(baseline_run, dataset, tmp_path):
     assert len(top) == 3 and top[0]["class_name"] == from_png[0]["class_name"]
     assert top[0]["probability"] >= top[1]["probability"] >= top[2]["probability"]
 
-    folder, empty = tmp_path / "folder", tmp_path / "empty"
-    folder.mkdir(), empty.mkdir()
-    shutil.copy(paths[1], folder / "b.png"), shutil.copy(paths[0], folder / "a.png")
+    folder, empty = tmp_path / "folder", tmp_path / "empty"  # a directory stands for the files in it, by name
+    empty.mkdir()
+    folder.mkdir()
+    shutil.copy(paths[1], folder / "b.png")
+    shutil.copy(paths[0], folder / "a.png")
     result = run_cli("predict", str(baseline_run), str(folder), str(empty), "--json", "--top", "1", check=False)
     entries = json.loads(result.stdout)
     assert result.returncode == 1
