@@ -141,6 +141,25 @@ def test_bad_uploads_get_a_clear_4xx(server, dataset):
     assert httpx.get(f"{server.url}/v2/health/live").status_code == 200  # still up
 
 
+def test_two_server_processes_answer_as_one_does_and_are_counted_together(served_run, server, dataset):
+    """`--workers 2`: uvicorn's processes share the port; the config reaches each, and /metrics counts all requests."""
+    body = kserve_body(dataset.x_test[:4])
+    expected = httpx.post(f"{server.url}/v2/models/shop/infer", json=body).json()["outputs"][0]["data"]
+    workers = Server(served_run, "--engine", "keras", "--workers", "2", "--max-body-mb", "1")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:  # new connections, taken by either process
+            answers = list(pool.map(lambda _: httpx.post(f"{workers.url}/v2/models/shop/infer", json=body), range(16)))
+        for answer in answers:
+            np.testing.assert_allclose(answer.json()["outputs"][0]["data"], expected, atol=1e-6)
+        too_big = httpx.post(f"{workers.url}/v2/models/shop/infer", content=bytes(2 * 1024 * 1024))
+        assert too_big.status_code == 413 and "the limit is 1,048,576" in too_big.json()["error"]  # the option got there
+        metrics = httpx.get(f"{workers.url}/metrics").text
+        assert 'fmnist_requests_total{route="/v2/models/{name}/infer",status="200"} 16.0' in metrics
+        assert "fmnist_batch_size_sum 64.0" in metrics  # 16 requests of 4 images, however they were batched
+    finally:
+        workers.close()
+
+
 def test_concurrent_clients_get_their_own_answers(server, dataset):
     images = dataset.x_test[:64]
     answer = httpx.post(f"{server.url}/v1/models/shop:predict", json={"instances": images.tolist()})
