@@ -298,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict_parser = commands.add_parser("predict", help="classify image files (PNG, JPEG, ...), .npy or IDX arrays")
     predict_parser.add_argument("run", help="run directory")
-    predict_parser.add_argument("files", nargs="+", metavar="FILE")
+    predict_parser.add_argument("files", nargs="+", metavar="FILE",
+                                help="image files (PNG, JPEG, ...), .npy or IDX arrays, or directories of them")
     predict_parser.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
     predict_parser.add_argument("--top", type=number_in(int, 1), default=3, help="how many classes to show (default: 3)")
     add_ensemble_options(predict_parser)
