@@ -114,16 +114,16 @@ def array_to_images(array: np.ndarray, name: str) -> np.ndarray:
 
 
 def image_suffixes() -> set[str]:
-    """File name endings of the formats Pillow reads, and .npy."""
+    """File name endings of the formats Pillow reads."""
     Image.init()  # registers every plugin's extensions, not only the common ones Pillow preloads
-    return {suffix for suffix, plugin in Image.registered_extensions().items() if plugin in Image.OPEN} | {".npy"}
+    return {suffix for suffix, plugin in Image.registered_extensions().items() if plugin in Image.OPEN}
 
 
 def files_in(directory: str | Path) -> list[Path]:
     """The image and array files directly in a directory (not in its subdirectories), by name; hidden ones left out."""
     suffixes = image_suffixes()
     return sorted(path for path in Path(directory).iterdir() if path.is_file() and not path.name.startswith(".")
-                  and (path.suffix.lower() in suffixes or "idx" in path.name))  # fmt: skip
+                  and (path.suffix.lower() in suffixes or is_array_file(path)))  # fmt: skip
 
 
 def is_array_file(path: Path) -> bool:
