@@ -161,9 +161,13 @@ class Server:
 
 @pytest.fixture(scope="session")
 def served_run(tmp_path_factory, real_data_dir):
-    """A baseline trained briefly (1 epoch, 3,000 images) into a run named "shop", for the server tests."""
+    """A baseline trained briefly (1 epoch, 3,000 images) into a run named "shop", for the server tests.
+
+    Without the analysis report, which takes 15-30 s here and none of its users read; `fmnist evaluate`
+    writes one (test_cli), and test_analysis tests it.
+    """
     run_dir = tmp_path_factory.mktemp("serve") / "shop"
-    result = run_cli("train", "--run-dir", str(run_dir), "--epochs", "1", "--train-subset", "3000",
+    result = run_cli("train", "--run-dir", str(run_dir), "--epochs", "1", "--train-subset", "3000", "--no-report",
                      "--data-dir", str(real_data_dir))  # fmt: skip
     assert "epoch 1/1" in result.stdout and "test accuracy" in result.stdout  # one line per epoch off a terminal
     return run_dir

@@ -125,7 +125,7 @@ def test_report_and_compare_commands(small_run, dataset, tmp_path, real_data_dir
     assert (small_run / "report.html").exists()
     other = tmp_path / "other"
     train(TrainConfig(model="tiny", epochs=1, train_subset=1000, learning_rate=5e-3), other, data=dataset,
-          log=lambda *a, **k: None)  # fmt: skip
+          log=lambda *a, **k: None, report=False)  # fmt: skip
     comparison = compare_runs([small_run, small_run, other])
     assert comparison["pairs"][0]["p_value"] == 1.0 and not comparison["pairs"][0]["significant"]
     output = run_cli("compare", str(small_run), str(other)).stdout

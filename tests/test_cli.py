@@ -59,10 +59,12 @@ def test_train_writes_the_interface_other_work_relies_on(baseline_run):
 
 def test_evaluate_rewrites_the_report(baseline_run, real_data_dir, tmp_path):
     (baseline_run / "confusion_matrix.png").unlink()
+    assert not (baseline_run / "report.html").exists()  # trained with --no-report
     result = run_cli("evaluate", str(baseline_run), "--data-dir", str(real_data_dir))
     metrics = json.loads((baseline_run / "metrics.json").read_text())
     assert f"accuracy {metrics['test_accuracy']:.4f}" in result.stdout
     assert (baseline_run / "confusion_matrix.png").exists()
+    assert f"Test accuracy {metrics['test_accuracy']:.4f}" in (baseline_run / "report.html").read_text()
 
 
 def test_evaluate_on_given_arrays(baseline_run, dataset, tmp_path):
