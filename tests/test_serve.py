@@ -4,6 +4,7 @@ import base64
 import concurrent.futures
 import io
 import json
+import socket
 import zlib
 
 import httpx
@@ -139,6 +140,19 @@ def test_bad_uploads_get_a_clear_4xx(server, dataset):
     assert response.status_code == 413 and "limit" in response.json()["error"]
     assert httpx.get(f"{server.url}/no/such/page").json() == {"error": "Not Found"}
     assert httpx.get(f"{server.url}/v2/health/live").status_code == 200  # still up
+
+
+def test_a_port_in_use_or_an_unknown_host_stops_before_the_server_is_announced(served_run):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", str(served_run), "--port", str(port), check=False, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "choose another --port" in result.stderr
+    assert "serving" not in result.stdout  # no address announced that answers nothing
+    result = run_cli("serve", str(served_run), "--host", "no-such-host.invalid", check=False, timeout=60)
+    assert result.returncode == 1 and "--host no-such-host.invalid: not an address" in result.stderr, result.stderr
 
 
 def test_two_server_processes_answer_as_one_does_and_are_counted_together(served_run, server, dataset):

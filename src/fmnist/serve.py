@@ -17,6 +17,7 @@ import importlib.resources
 import io
 import json
 import os
+import socket
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -264,6 +265,7 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     runs.require_run(config.run_dir)
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    check_address(host, port)
     model_name = Path(config.run_dir).resolve().name
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"serving {model_name} from {config.run_dir}: open http://{shown_host}:{port}/ in a browser "
@@ -275,6 +277,21 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     os.environ[CONFIG_VARIABLE] = json.dumps(dataclasses.asdict(config))
     uvicorn.run("fmnist.serve:app_from_environment", factory=True, host=host, port=port, workers=workers,
                 log_level="warning", access_log=False)  # fmt: skip
+
+
+def check_address(host: str, port: int) -> None:
+    """Fail before announcing the server if it could not listen on host:port (uvicorn says so only afterwards)."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as error:
+        raise ValueError(f"--host {host}: not an address of this machine ({error.strerror})") from None
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds, so a port in TIME_WAIT is free
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise OSError(error.errno, f"cannot listen on {host}:{port} ({error.strerror}); choose another --port, "
+                                       "or stop what is listening there") from None  # fmt: skip
 
 
 def _multiprocess_directory() -> str:
