@@ -147,3 +147,5 @@ def test_a_directory_stands_for_the_image_and_array_files_in_it(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ImageError, match="a directory with no image"):
         load_images(tmp_path / "empty")
+    with pytest.raises(ImageError, match="a directory; load_images reads one file"):
+        load_images(tmp_path / "sub")  # not empty: not called "no image files" there

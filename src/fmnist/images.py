@@ -152,8 +152,10 @@ def read_array(path: str | Path) -> np.ndarray:
 def load_images(path: str | Path) -> np.ndarray:
     """(n, 28, 28) uint8 from an image file, a .npy file, or an IDX file (.gz or not)."""
     path = Path(path)
-    if path.is_dir():
-        raise ImageError(f"{path}: a directory with no image (.png, .jpg, ...) or array (.npy, IDX) files in it")
+    if path.is_dir():  # `fmnist predict` expands directories first, so it brings only empty ones here
+        if not files_in(path):
+            raise ImageError(f"{path}: a directory with no image (.png, .jpg, ...) or array (.npy, IDX) files in it")
+        raise ImageError(f"{path}: a directory; load_images reads one file (Predictor.predict_files reads a directory's)")
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     if is_array_file(path):
