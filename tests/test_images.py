@@ -111,9 +111,10 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
         load_images(save(photo(), tmp_path / "big.png"))  # 60,000 pixels
 
 
-def test_blank_image_is_refused(tmp_path):
+@pytest.mark.parametrize("size, shade", [(50, 255), (28, 255), (28, 0), (28, 20)])  # 28x28: the dataset's own size
+def test_blank_image_is_refused(tmp_path, size, shade):
     with pytest.raises(ImageError, match="blank"):
-        load_images(save(Image.new("L", (50, 50), 255), tmp_path / "white.png"))
+        load_images(save(Image.new("L", (size, size), shade), tmp_path / "blank.png"))
 
 
 @pytest.mark.parametrize("array, message", [

@@ -72,12 +72,12 @@ def fashion_mnist_style(gray: np.ndarray, name: str = "image") -> np.ndarray:
     if np.median(border) > 127:  # a light background: a product photo or a drawing; negate like the dataset
         gray = 255 - gray
         border = 255 - border
-    if gray.shape == (SIZE, SIZE):
-        return gray  # already the dataset's geometry (e.g. a test image saved as PNG)
     background = int(np.median(border))
     foreground = np.abs(gray.astype(np.int16) - background) > _BACKGROUND_TOLERANCE
-    if not foreground.any():
+    if not foreground.any():  # every one of the dataset's 70,000 images has an item by this measure
         raise ImageError(f"{name}: the image is blank (no item stands out from the background)")
+    if gray.shape == (SIZE, SIZE):
+        return gray  # already the dataset's geometry (e.g. a test image saved as PNG)
     rows, columns = np.flatnonzero(foreground.any(axis=1)), np.flatnonzero(foreground.any(axis=0))
     item = Image.fromarray(gray[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1])
     scale = SIZE / max(item.size)
