@@ -1,5 +1,6 @@
 """The real server on a free loopback port, over HTTP: every endpoint, bad input, concurrency, export parity."""
 
+import asyncio
 import base64
 import concurrent.futures
 import io
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import Server, kserve_body, png_bytes, run_cli
+from fmnist.engine import MicroBatcher, load_engine
 from fmnist.serve import ServeConfig
 
 pytestmark = pytest.mark.slow
@@ -172,6 +174,21 @@ def test_two_server_processes_answer_as_one_does_and_are_counted_together(served
         assert "fmnist_batch_size_sum 64.0" in metrics  # 16 requests of 4 images, however they were batched
     finally:
         workers.close()
+
+
+def test_no_model_call_holds_more_than_max_batch_images(served_run, dataset):
+    engine, images, calls = load_engine(served_run, "keras"), dataset.x_test[:25], []
+
+    async def clients():  # five requests of 3 images and one of 10, at once
+        batcher = MicroBatcher(engine, max_batch=4, max_delay=0.05, on_batch=calls.append)
+        requests = [images[start : start + 3] for start in range(0, 15, 3)] + [images[15:]]
+        answers = await asyncio.gather(*(batcher.submit(request) for request in requests))
+        await batcher.stop()
+        return answers
+
+    answers = asyncio.run(clients())
+    assert max(calls) <= 4 and sum(calls) == 25, calls
+    np.testing.assert_allclose(np.concatenate(answers), engine.probabilities(images), atol=1e-6)
 
 
 def test_concurrent_clients_get_their_own_answers(server, dataset):

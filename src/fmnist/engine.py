@@ -84,7 +84,9 @@ class MicroBatcher:
     When the model is idle, a request waits at most `max_delay` seconds for others to join it
     (or until `max_batch` images are waiting). While a batch runs, new requests pile up and go
     together as soon as it finishes, so batches grow with the load (adaptive batching, as TF
-    Serving does). The model runs in its own thread; the event loop keeps serving meanwhile.
+    Serving does), up to `max_batch` images per model call: more run as several calls in a row.
+    The model runs in its own thread; the event loop keeps serving meanwhile. `on_batch` is
+    called with the number of images of each model call.
     """
 
     def __init__(self, engine, max_batch: int = 256, max_delay: float = 0.002, on_batch=None):
@@ -124,17 +126,24 @@ class MicroBatcher:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    def _run_model(self, images: np.ndarray) -> list[np.ndarray]:
+        """In the model's thread: the probabilities in calls of at most `max_batch` images each."""
+        # What piled up while the model was busy, or one large request, can hold more than max_batch images.
+        return [self.engine.probabilities(images[start : start + self.max_batch])
+                for start in range(0, len(images), self.max_batch)]  # fmt: skip
+
     async def _run_batch(self, batch) -> None:
         images = np.concatenate([item for item, _ in batch])
         try:
-            probabilities = await asyncio.get_running_loop().run_in_executor(self.executor, self.engine.probabilities, images)
+            parts = await asyncio.get_running_loop().run_in_executor(self.executor, self._run_model, images)
         except Exception as error:  # the requests get the error; the batcher lives on
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
         else:
-            if self.on_batch:
-                self.on_batch(len(images))
+            for part in parts if self.on_batch else ():
+                self.on_batch(len(part))
+            probabilities = np.concatenate(parts)
             start = 0
             for item, future in batch:
                 if not future.done():  # a client that went away cancelled its future
