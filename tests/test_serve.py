@@ -140,8 +140,19 @@ def test_bad_uploads_get_a_clear_4xx(server, dataset):
     huge = bytes(11 * 1024 * 1024)
     response = httpx.post(f"{server.url}/predict", files=[("files", ("big.png", huge, "image/png"))])
     assert response.status_code == 413 and "limit" in response.json()["error"]
+    for path, content_type, body in [("/predict", "multipart/form-data; boundary=cut", multipart_file(huge, "cut")),
+                                     ("/v2/models/shop/infer", "application/json", [b"[", b"0," * 6_000_000, b"0]"])]:
+        chunked = httpx.post(f"{server.url}{path}", content=iter(body), headers={"content-type": content_type})  # no length
+        assert chunked.status_code == 413 and "body over the limit of 10,485,760 bytes" in chunked.json()["error"], path
     assert httpx.get(f"{server.url}/no/such/page").json() == {"error": "Not Found"}
     assert httpx.get(f"{server.url}/v2/health/live").status_code == 200  # still up
+
+
+def multipart_file(content: bytes, boundary: str) -> list[bytes]:
+    """A multipart/form-data body with one file in the field "files", in pieces (sent chunked, without a length)."""
+    head = f'--{boundary}\r\ncontent-disposition: form-data; name="files"; filename="big.png"\r\n\r\n'
+    pieces = [content[start : start + 1024 * 1024] for start in range(0, len(content), 1024 * 1024)]
+    return [head.encode(), *pieces, f"\r\n--{boundary}--\r\n".encode()]
 
 
 def test_a_port_in_use_or_an_unknown_host_stops_before_the_server_is_announced(served_run):

@@ -51,7 +51,7 @@ from fmnist.predict import describe
 class ServeConfig:
     run_dir: str  # the run to serve
     engine: str = "auto"  # "auto" (ONNX Runtime if exported), "onnx" or "keras"
-    max_batch: int = 256  # most images the batcher runs at once
+    max_batch: int = 256  # most images per model call (more waiting run as several calls)
     max_delay_ms: float = 2.0  # longest wait for more requests to join a batch
     max_request_images: int = 1024  # most images in one request
     max_body_bytes: int = 10 * 1024 * 1024  # larger request bodies get 413
@@ -106,14 +106,6 @@ def create_app(config: ServeConfig) -> FastAPI:
         problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
         return error_response(422, problems)
 
-    async def read_body(request: Request) -> bytes:
-        body = bytearray()
-        async for chunk in request.stream():  # a body without Content-Length is counted as it arrives
-            body += chunk
-            if len(body) > config.max_body_bytes:
-                raise RequestError(f"body over the limit of {config.max_body_bytes:,} bytes", status=413)
-        return bytes(body)
-
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
         return importlib.resources.files("fmnist").joinpath("static/index.html").read_text()
@@ -151,7 +143,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.post("/v2/models/{name}/infer", summary="KServe v2: inference on a UINT8 [n, 28, 28] tensor")
     async def infer(name: str, request: Request):
         require_model(name)
-        body = parse_json(await read_body(request))
+        body = parse_json(await request.body())
         probabilities = await batcher.submit(kserve_images(body, config.max_request_images))
         response = {"model_name": model_name, "model_version": "1",
                     "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(probabilities.shape),
@@ -172,7 +164,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         require_model(name)
         if verb != "predict":
             raise RequestError(f"unsupported verb {verb!r}; this server answers :predict", status=404)
-        instances, answer_key = tf_serving_instances(parse_json(await read_body(request)))
+        instances, answer_key = tf_serving_instances(parse_json(await request.body()))
         has_files = isinstance(instances, list) and any(isinstance(instance, dict) for instance in instances)
         if has_files:  # encoded images are decoded in a thread, as uploads are
             images = await run_in_threadpool(tf_serving_images, instances, config.max_request_images)
@@ -210,8 +202,11 @@ def error_response(status: int, message: str) -> JSONResponse:
 
 
 class LimitAndMeasure:
-    """ASGI middleware: refuse bodies whose Content-Length is over the limit; time and count every request.
+    """ASGI middleware: refuse bodies over the limit; time and count every request.
 
+    A body whose Content-Length is over the limit is answered 413 before it is read; one sent
+    without it (chunked) is counted as it arrives, and reading past the limit raises a 413 in the
+    endpoint, uploads included (FastAPI would otherwise spool any size of multipart body to disk).
     Plain ASGI rather than FastAPI's @app.middleware("http"), whose per-request wrapping costs
     more than the model does on small requests.
     """
@@ -237,8 +232,19 @@ class LimitAndMeasure:
                 status = message["status"]
             await send(message)
 
+        received = 0
+
+        async def receive_within_limit():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:  # FastAPI passes an HTTPException on as it is, to http_error
+                    raise HTTPException(413, f"body over the limit of {self.max_body_bytes:,} bytes")
+            return message
+
         try:
-            await self.app(scope, receive, send_and_note_status)
+            await self.app(scope, receive_within_limit, send_and_note_status)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.observe(route, status, time.perf_counter() - started)
