@@ -56,7 +56,8 @@ class FileServer:
     """A real HTTP server on 127.0.0.1 whose routes misbehave on request.
 
     routes: URL path -> (behaviour, payload), behaviour one of "ok", "missing" (404),
-    "drop" (announce the full length, send half, close the connection).
+    "drop" (announce the full length, send half, close the connection), "busy" (503 to the
+    first request for the path, then "ok").
     """
 
     def __init__(self):
@@ -70,6 +71,9 @@ class FileServer:
                 behaviour, payload = server.routes.get(self.path, ("missing", b""))
                 if behaviour == "missing":
                     self.send_error(404, "Not Found")
+                    return
+                if behaviour == "busy" and server.requests.count(self.path) == 1:
+                    self.send_error(503, "Service Unavailable")
                     return
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(payload)))

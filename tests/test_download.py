@@ -72,6 +72,13 @@ def test_dropped_connections_are_retried_then_reported(file_server, real_file_by
     assert_nothing_left_but(tmp_path / "cache", [name for name in NAMES if not name.startswith("t10k-labels")])
 
 
+def test_a_busy_server_is_asked_again(file_server, real_file_bytes, tmp_path):
+    serve(file_server, "busy", real_file_bytes, behaviour="busy", only="train-labels-idx1-ubyte.gz")
+    directory = download_all(tmp_path / "cache", mirrors=(file_server.url("busy"),), retry_delay=0)
+    assert_nothing_left_but(directory, NAMES)
+    assert file_server.requests.count("/busy/train-labels-idx1-ubyte.gz") == 2  # a 503, then the file
+
+
 def test_every_mirror_failing_leaves_no_file(file_server, tmp_path):
     with pytest.raises(DataError, match=r"HTTP 404.*\n.*HTTP 404"):
         download_all(tmp_path / "cache", mirrors=(file_server.url("a"), file_server.url("b")), retry_delay=0)

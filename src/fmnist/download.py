@@ -6,7 +6,8 @@
 Each file goes to a temporary name beside its destination, is verified in full (IDX
 header, shape, labels, pinned checksum), and only then renamed into place, so an
 interrupted or bad download never leaves a file that looks complete. Failed transfers are
-retried, then the next mirror is tried. FMNIST_MIRRORS (comma-separated base URLs)
+retried (dropped connections, timeouts, and the HTTP statuses of a busy server: 408, 429, 5xx
+but 501), then the next mirror is tried. FMNIST_MIRRORS (comma-separated base URLs)
 replaces the built-in list, e.g. for an internal mirror.
 """
 
@@ -29,6 +30,7 @@ MIRRORS = (
     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
 )
 MIRRORS_VARIABLE = "FMNIST_MIRRORS"
+RETRIED_STATUSES = frozenset({408, 429, 500, 502, 503, 504})  # a busy or failing server may answer next time
 _CHUNK_BYTES = 1 << 16
 
 
@@ -80,8 +82,11 @@ def download_file(
                 os.replace(temporary, destination)
                 return destination
             except urllib.error.HTTPError as error:
-                failures.append(f"{url}: HTTP {error.code} {error.reason}")
-                break  # the server answered; asking again will not change its answer
+                if error.code not in RETRIED_STATUSES:
+                    failures.append(f"{url}: HTTP {error.code} {error.reason}")
+                    break  # the server answered; asking again will not change its answer
+                failures.append(f"{url} (attempt {attempt}/{attempts}): HTTP {error.code} {error.reason}")
+                time.sleep(retry_delay * attempt)
             except DataError as error:
                 failures.append(f"{url}: downloaded file is bad: {str(error).split(': ', 1)[-1]}")
                 break
