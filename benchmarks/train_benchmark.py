@@ -4,6 +4,7 @@
     python benchmarks/train_benchmark.py --seeds 0 1 2 -- --model baseline --epochs 10
 
     python benchmarks/train_benchmark.py --fit-seconds 150 --seeds 0 1 2 -- --preset gpu
+    python benchmarks/train_benchmark.py --seeds 0 1 2 --ensemble -- --preset best   # and the 3 runs as one
 
 Each seed is one `fmnist train` run (full training set, 10% held out, test set evaluated once
 at the end). "train time" sums the epochs' `fit` calls (with their validation passes); "whole
@@ -16,6 +17,10 @@ seeds it finished.
 a probe run of two epochs on a fifth of the data (seed 1000, its own folder) times the first
 epoch (which includes compilation) and the second, and the seeds then train for as many epochs
 as fit the budget. Only time decides it, never accuracy.
+
+--ensemble then evaluates the seeds' runs as one ensemble (`fmnist evaluate --ensemble`, each
+run's probabilities averaged, with the runs' own TTA): on the validation images they held out,
+then once on the test set, with the training time of all the runs together.
 """
 
 from __future__ import annotations
@@ -86,14 +91,34 @@ def epochs_within(seconds: float, train_arguments: list[str], probe_dir: Path) -
     return epochs
 
 
+def evaluate_ensemble(run_dirs: list[Path], train_arguments: list[str]) -> dict:
+    """The runs as one ensemble: validation accuracy first, then test accuracy, from `fmnist evaluate`."""
+    data_dir = []  # the runs' data, for the images they held out and the test set
+    if "--data-dir" in train_arguments:
+        data_dir = ["--data-dir", train_arguments[train_arguments.index("--data-dir") + 1]]
+    members = [argument for run_dir in run_dirs[1:] for argument in ("--ensemble", str(run_dir))]
+    accuracies = {}
+    for split in ("validation", "test"):
+        command = [sys.executable, "-m", "fmnist", "evaluate", str(run_dirs[0]), *members, "--split", split, *data_dir]
+        print("$", shlex.join(command), flush=True)
+        printed = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        print(printed, end="", flush=True)
+        accuracies[split] = float(printed.split("accuracy ", 1)[1].split(",", 1)[0])  # "accuracy 0.9317, loss ..."
+    return {"runs": len(run_dirs), "val_accuracy": accuracies["validation"], "test_accuracy": accuracies["test"]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--runs-dir", default=None, help="where the runs go (default: a new temporary folder)")
     parser.add_argument("--fit-seconds", type=float, default=None,
                         help="train for as many epochs as fit this many seconds, timed by a probe run")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="also evaluate the seeds' runs as one ensemble (validation, then test)")
     parser.add_argument("train_arguments", nargs="*", help="arguments for `fmnist train`, after --")
     arguments = parser.parse_args()
+    if arguments.ensemble and len(arguments.seeds) < 2:
+        parser.error("--ensemble needs at least two --seeds")
     runs_dir = Path(arguments.runs_dir or tempfile.mkdtemp(prefix="fmnist-benchmark-"))
     train_arguments = list(arguments.train_arguments)
     summary = {
@@ -126,6 +151,13 @@ def main() -> int:
         f"| {spread([r['images_per_second'] for r in results], 0)} "
         f"| {spread([r['val_accuracy'] for r in results], 4)} | {spread([r['test_accuracy'] for r in results], 4)} |"
     )
+    if arguments.ensemble:
+        summary["ensemble"] = evaluate_ensemble([runs_dir / f"seed{seed}" for seed in arguments.seeds], train_arguments)
+        summary["ensemble"]["train_seconds"] = round(sum(r["train_seconds"] for r in results), 1)
+        runs.write_json(runs_dir / "benchmark.json", summary)
+        ensemble = summary["ensemble"]
+        print(f"| ensemble of the {ensemble['runs']} runs | | | | {ensemble['train_seconds']} in all | | "
+              f"| {ensemble['val_accuracy']:.4f} | {ensemble['test_accuracy']:.4f} |")  # fmt: skip
     print(f"\nmachine: {summary['machine']}; date: {summary['date']}\ncommand: {summary['command']}\nruns: {runs_dir}")
     return 0
 
