@@ -6,8 +6,8 @@
 Each file goes to a temporary name beside its destination, is verified in full (IDX
 header, shape, labels, pinned checksum), and only then renamed into place, so an
 interrupted or bad download never leaves a file that looks complete. Failed transfers are
-retried (dropped connections, timeouts, and the HTTP statuses of a busy server: 408, 429, 5xx
-but 501), then the next mirror is tried. FMNIST_MIRRORS (comma-separated base URLs)
+retried (dropped connections, timeouts, and the HTTP statuses of a busy or failing server:
+408, 429, 500, 502, 503, 504), then the next mirror is tried. FMNIST_MIRRORS (comma-separated base URLs)
 replaces the built-in list, e.g. for an internal mirror.
 """
 
