@@ -37,6 +37,12 @@ def test_health_and_metadata(server):
     assert httpx.get(f"{server.url}/v2/models/shop/ready").json()["ready"] is True
     status = httpx.get(f"{server.url}/v1/models/shop").json()
     assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    for path in ("/v2/models/shop", "/v2/models/shop/ready", "/v1/models/shop"):  # the version in the path, as clients may
+        versioned = path.replace("/shop", "/shop/versions/1", 1)
+        assert httpx.get(f"{server.url}{versioned}").json() == httpx.get(f"{server.url}{path}").json(), versioned
+        missing = httpx.get(f"{server.url}{path.replace('/shop', '/shop/versions/2', 1)}")
+        assert missing.status_code == 404 and "has no version '2'" in missing.json()["error"]
+    assert "version" not in str(httpx.get(f"{server.url}/openapi.json").json()["paths"]["/v2/models/{name}"])
     assert "openapi" in httpx.get(f"{server.url}/openapi.json").json()
     assert httpx.get(f"{server.url}/docs").status_code == 200
 
@@ -56,6 +62,10 @@ def test_protocols_agree_with_each_other_and_with_predict(server, served_run, da
         assert list(tf_columns) == ["outputs"]
         np.testing.assert_allclose(np.array(tf_columns["outputs"]), from_kserve, atol=1e-6)
     np.testing.assert_allclose(from_kserve.sum(axis=1), 1.0, atol=1e-5)
+    versioned = httpx.post(f"{server.url}/v2/models/shop/versions/1/infer", json=kserve_body(images)).json()
+    np.testing.assert_allclose(np.array(versioned["outputs"][0]["data"]).reshape(8, 10), from_kserve, atol=1e-6)
+    versioned = httpx.post(f"{server.url}/v1/models/shop/versions/1:predict", json={"instances": images.tolist()}).json()
+    np.testing.assert_allclose(np.array(versioned["predictions"]), from_kserve, atol=1e-6)
     files = [("files", (f"{i}.png", png_bytes(image), "image/png")) for i, image in enumerate(images)]
     upload = httpx.post(f"{server.url}/predict", files=files).json()
     assert [entry["class_index"] for entry in upload["predictions"]] == list(from_kserve.argmax(axis=1))
@@ -108,6 +118,10 @@ BAD_JSON_REQUESTS = [
     ("/v1/models/shop:classify", json.dumps({"instances": []}).encode(), 404, "answers :predict"),
     ("/v1/models/other:predict", json.dumps({"instances": []}).encode(), 404, "unknown model 'other'"),
     ("/v2/models/other/infer", b"{}", 404, "unknown model"),
+    ("/v2/models/shop/versions/2/infer", b"{}", 404, "has no version '2'"),
+    ("/v1/models/shop/versions/2:predict", json.dumps({"instances": []}).encode(), 404, "has no version '2'"),
+    ("/v1/models/other/versions/1:predict", json.dumps({"instances": []}).encode(), 404, "unknown model 'other'"),
+    ("/v1/models/shop/versions/1:classify", json.dumps({"instances": []}).encode(), 404, "answers :predict"),
 ]
 
 

@@ -46,6 +46,8 @@ from fmnist.payloads import (
 )
 from fmnist.predict import describe
 
+MODEL_VERSION = "1"  # a served run is one model version, in both protocols' paths and answers
+
 
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
@@ -87,9 +89,12 @@ def create_app(config: ServeConfig) -> FastAPI:
     app = FastAPI(title="fmnist", version=__version__, lifespan=lifespan,
                   description=f"Fashion-MNIST classifier `{model_name}` ({engine.platform})")  # fmt: skip
 
-    def require_model(name: str) -> None:
+    def require_model(name: str, version: str | None = None) -> None:
         if name != model_name:
             raise RequestError(f"unknown model {name!r}; this server serves {model_name!r}", status=404)
+        if version is not None and version != MODEL_VERSION:  # a client that asks for a version by its path
+            raise RequestError(f"model {name!r} has no version {version!r}; this server serves version {MODEL_VERSION}",
+                               status=404)  # fmt: skip
 
     app.add_middleware(LimitAndMeasure, max_body_bytes=config.max_body_bytes, metrics=metrics)
 
@@ -128,24 +133,29 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def server_metadata():
         return {"name": "fmnist", "version": __version__, "extensions": []}
 
+    # Each model route also answers under .../versions/1/... (both protocols' optional version in the path);
+    # the handlers read the version from the path, so that it is no query parameter of the plain routes.
     @app.get("/v2/models/{name}", summary="KServe v2: model metadata")
-    async def model_metadata(name: str):
-        require_model(name)
-        return {"name": model_name, "versions": ["1"], "platform": engine.platform,
+    @app.get("/v2/models/{name}/versions/{version}", summary="KServe v2: model metadata of a version")
+    async def model_metadata(name: str, request: Request):
+        require_model(name, request.path_params.get("version"))
+        return {"name": model_name, "versions": [MODEL_VERSION], "platform": engine.platform,
                 "inputs": [{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, 28, 28]}],
                 "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, len(class_names)]}]}  # fmt: skip
 
     @app.get("/v2/models/{name}/ready", summary="KServe v2: model readiness")
-    async def model_ready(name: str):
-        require_model(name)
+    @app.get("/v2/models/{name}/versions/{version}/ready", summary="KServe v2: readiness of a version")
+    async def model_ready(name: str, request: Request):
+        require_model(name, request.path_params.get("version"))
         return {"name": model_name, "ready": True}
 
     @app.post("/v2/models/{name}/infer", summary="KServe v2: inference on a UINT8 [n, 28, 28] tensor")
+    @app.post("/v2/models/{name}/versions/{version}/infer", summary="KServe v2: inference by a version")
     async def infer(name: str, request: Request):
-        require_model(name)
+        require_model(name, request.path_params.get("version"))
         body = parse_json(await request.body())
         probabilities = await batcher.submit(kserve_images(body, config.max_request_images))
-        response = {"model_name": model_name, "model_version": "1",
+        response = {"model_name": model_name, "model_version": MODEL_VERSION,
                     "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(probabilities.shape),
                                  "data": probabilities.ravel().tolist()}]}  # fmt: skip
         if "id" in body:
@@ -153,15 +163,20 @@ def create_app(config: ServeConfig) -> FastAPI:
         return JSONResponse(response)  # a Response skips FastAPI's slow generic encoder
 
     @app.get("/v1/models/{name}", summary="TF Serving REST: model status")
-    async def model_status(name: str):
-        require_model(name)
-        return {"model_version_status": [{"version": "1", "state": "AVAILABLE",
+    @app.get("/v1/models/{name}/versions/{version}", summary="TF Serving REST: status of a version")
+    async def model_status(name: str, request: Request):
+        require_model(name, request.path_params.get("version"))
+        return {"model_version_status": [{"version": MODEL_VERSION, "state": "AVAILABLE",
                                           "status": {"error_code": "OK", "error_message": ""}}]}  # fmt: skip
 
     @app.post("/v1/models/{target}", summary="TF Serving REST: POST /v1/models/NAME:predict")
+    @app.post("/v1/models/{name}/versions/{target}", summary="TF Serving REST: POST /v1/models/NAME/versions/1:predict")
     async def tf_serving_predict(target: str, request: Request):
-        name, _, verb = target.partition(":")
-        require_model(name)
+        prefix, _, verb = target.partition(":")  # NAME:predict, or VERSION:predict after the name
+        if "name" in request.path_params:
+            require_model(request.path_params["name"], prefix)
+        else:
+            require_model(prefix)
         if verb != "predict":
             raise RequestError(f"unsupported verb {verb!r}; this server answers :predict", status=404)
         instances, answer_key = tf_serving_instances(parse_json(await request.body()))
