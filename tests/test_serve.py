@@ -37,7 +37,8 @@ def test_health_and_metadata(server):
     assert httpx.get(f"{server.url}/v2/models/shop/ready").json()["ready"] is True
     status = httpx.get(f"{server.url}/v1/models/shop").json()
     assert status["model_version_status"][0]["state"] == "AVAILABLE"
-    for path in ("/v2/models/shop", "/v2/models/shop/ready", "/v1/models/shop"):  # the version in the path, as clients may
+    # Every model route also answers with the version in the path, as clients of either protocol may ask.
+    for path in ("/v2/models/shop", "/v2/models/shop/ready", "/v1/models/shop", "/v1/models/shop/metadata"):
         versioned = path.replace("/shop", "/shop/versions/1", 1)
         assert httpx.get(f"{server.url}{versioned}").json() == httpx.get(f"{server.url}{path}").json(), versioned
         missing = httpx.get(f"{server.url}{path.replace('/shop', '/shop/versions/2', 1)}")
@@ -244,7 +245,7 @@ def test_concurrent_clients_get_their_own_answers(server, dataset):
 
 
 @pytest.mark.parametrize("export_format", ["onnx", "saved_model"])
-def test_export_passes_parity(served_run, real_data_dir, export_format):
+def test_export_passes_parity(served_run, server, real_data_dir, export_format):
     run_dir = served_run
     output = run_cli("export", str(run_dir), "--format", export_format, "--data-dir", str(real_data_dir)).stdout
     assert "passed" in output
@@ -252,9 +253,20 @@ def test_export_passes_parity(served_run, real_data_dir, export_format):
     assert parity["max_abs_difference"] <= 1e-5 and parity["argmax_agreement"] == 1.0 and parity["num_images"] == 1000
     if export_format == "saved_model":
         import tensorflow as tf
+        from tensorflow.core.framework import types_pb2
 
         signature = tf.saved_model.load(str(run_dir / "export" / "saved_model")).signatures["serving_default"]
         assert list(signature.structured_outputs) == ["probabilities"]
+        # The server's TF Serving metadata describes the signature TF Serving itself would find in the export.
+        served = httpx.get(f"{server.url}/v1/models/shop/versions/1/metadata").json()["metadata"]["signature_def"]
+        served = served["signature_def"]["serving_default"]
+        exported = {"inputs": signature.structured_input_signature[1], "outputs": signature.structured_outputs}
+        for kind, tensors in exported.items():
+            assert set(served[kind]) == set(tensors)
+            for name, tensor in tensors.items():
+                assert served[kind][name]["dtype"] == types_pb2.DataType.Name(tensor.dtype.as_datatype_enum)
+                sizes = [int(dim["size"]) for dim in served[kind][name]["tensor_shape"]["dim"]]
+                assert sizes == [-1 if size is None else size for size in tensor.shape.as_list()], (kind, name)
     else:
         assert not list((run_dir / "export").glob(".staging-*"))
 

@@ -169,6 +169,17 @@ def create_app(config: ServeConfig) -> FastAPI:
         return {"model_version_status": [{"version": MODEL_VERSION, "state": "AVAILABLE",
                                           "status": {"error_code": "OK", "error_message": ""}}]}  # fmt: skip
 
+    @app.get("/v1/models/{name}/metadata", summary="TF Serving REST: model metadata (the serving signature)")
+    @app.get("/v1/models/{name}/versions/{version}/metadata", summary="TF Serving REST: metadata of a version")
+    async def tf_serving_metadata(name: str, request: Request):
+        require_model(name, request.path_params.get("version"))
+        signature = {"inputs": {INPUT_NAME: tensor_info("DT_UINT8", [-1, 28, 28], f"serving_default_{INPUT_NAME}:0")},
+                     "outputs": {OUTPUT_NAME: tensor_info("DT_FLOAT", [-1, len(class_names)], "StatefulPartitionedCall:0")},
+                     "method_name": "tensorflow/serving/predict"}  # fmt: skip
+        return {"model_spec": {"name": model_name, "signature_name": "", "version": MODEL_VERSION},
+                "metadata": {"signature_def": {"@type": "type.googleapis.com/tensorflow.serving.SignatureDefMap",
+                                               "signature_def": {"serving_default": signature}}}}  # fmt: skip
+
     @app.post("/v1/models/{target}", summary="TF Serving REST: POST /v1/models/NAME:predict")
     @app.post("/v1/models/{name}/versions/{target}", summary="TF Serving REST: POST /v1/models/NAME/versions/1:predict")
     async def tf_serving_predict(target: str, request: Request):
@@ -210,6 +221,12 @@ def create_app(config: ServeConfig) -> FastAPI:
         return Response(payload, media_type=content_type)
 
     return app
+
+
+def tensor_info(dtype: str, shape: list[int], name: str) -> dict:
+    """A tensor of a TF Serving signature, as its JSON metadata writes one (-1: any size)."""
+    dims = [{"size": str(size), "name": ""} for size in shape]
+    return {"dtype": dtype, "tensor_shape": {"dim": dims, "unknown_rank": False}, "name": name}
 
 
 def error_response(status: int, message: str) -> JSONResponse:
