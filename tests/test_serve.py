@@ -254,19 +254,23 @@ def test_export_passes_parity(served_run, server, real_data_dir, export_format):
     if export_format == "saved_model":
         import tensorflow as tf
         from tensorflow.core.framework import types_pb2
+        from tensorflow.python.tools import saved_model_utils  # what saved_model_cli reads the signatures with
 
         signature = tf.saved_model.load(str(run_dir / "export" / "saved_model")).signatures["serving_default"]
         assert list(signature.structured_outputs) == ["probabilities"]
-        # The server's TF Serving metadata describes the signature TF Serving itself would find in the export.
+        # The server's TF Serving metadata is the signature TF Serving itself would find in the export.
         served = httpx.get(f"{server.url}/v1/models/shop/versions/1/metadata").json()["metadata"]["signature_def"]
         served = served["signature_def"]["serving_default"]
-        exported = {"inputs": signature.structured_input_signature[1], "outputs": signature.structured_outputs}
-        for kind, tensors in exported.items():
-            assert set(served[kind]) == set(tensors)
-            for name, tensor in tensors.items():
-                assert served[kind][name]["dtype"] == types_pb2.DataType.Name(tensor.dtype.as_datatype_enum)
-                sizes = [int(dim["size"]) for dim in served[kind][name]["tensor_shape"]["dim"]]
-                assert sizes == [-1 if size is None else size for size in tensor.shape.as_list()], (kind, name)
+        exported = saved_model_utils.get_meta_graph_def(str(run_dir / "export" / "saved_model"), "serve")
+        exported = exported.signature_def["serving_default"]
+        assert served["method_name"] == exported.method_name
+        for kind in ("inputs", "outputs"):
+            assert set(served[kind]) == set(getattr(exported, kind))
+            for name, tensor in getattr(exported, kind).items():
+                assert served[kind][name] == {"dtype": types_pb2.DataType.Name(tensor.dtype), "name": tensor.name,
+                                              "tensor_shape": {"dim": [{"size": str(dim.size), "name": dim.name}
+                                                                       for dim in tensor.tensor_shape.dim],
+                                                               "unknown_rank": tensor.tensor_shape.unknown_rank}}  # fmt: skip
     else:
         assert not list((run_dir / "export").glob(".staging-*"))
 
