@@ -91,7 +91,7 @@ def epochs_within(seconds: float, train_arguments: list[str], probe_dir: Path) -
     return epochs
 
 
-def evaluate_ensemble(run_dirs: list[Path], train_arguments: list[str]) -> dict:
+def evaluate_ensemble(run_dirs: list[Path], train_arguments: list[str], runs_dir: Path) -> dict:
     """The runs as one ensemble: validation accuracy first, then test accuracy, from `fmnist evaluate`."""
     data_dir = []  # the runs' data, for the images they held out and the test set
     if "--data-dir" in train_arguments:
@@ -99,11 +99,12 @@ def evaluate_ensemble(run_dirs: list[Path], train_arguments: list[str]) -> dict:
     members = [argument for run_dir in run_dirs[1:] for argument in ("--ensemble", str(run_dir))]
     accuracies = {}
     for split in ("validation", "test"):
-        command = [sys.executable, "-m", "fmnist", "evaluate", str(run_dirs[0]), *members, "--split", split, *data_dir]
+        output = runs_dir / f"ensemble-{split}"
+        command = [sys.executable, "-m", "fmnist", "evaluate", str(run_dirs[0]), *members, "--split", split,
+                   "--output", str(output), *data_dir]  # fmt: skip
         print("$", shlex.join(command), flush=True)
-        printed = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        print(printed, end="", flush=True)
-        accuracies[split] = float(printed.split("accuracy ", 1)[1].split(",", 1)[0])  # "accuracy 0.9317, loss ..."
+        subprocess.run(command, check=True)
+        accuracies[split] = runs.read_json(output / runs.METRICS)["eval_accuracy"]  # what `fmnist evaluate` wrote
     return {"runs": len(run_dirs), "val_accuracy": accuracies["validation"], "test_accuracy": accuracies["test"]}
 
 
@@ -152,8 +153,9 @@ def main() -> int:
         f"| {spread([r['val_accuracy'] for r in results], 4)} | {spread([r['test_accuracy'] for r in results], 4)} |"
     )
     if arguments.ensemble:
-        summary["ensemble"] = evaluate_ensemble([runs_dir / f"seed{seed}" for seed in arguments.seeds], train_arguments)
-        summary["ensemble"]["train_seconds"] = round(sum(r["train_seconds"] for r in results), 1)
+        run_dirs = [runs_dir / f"seed{seed}" for seed in arguments.seeds]
+        ensemble = evaluate_ensemble(run_dirs, train_arguments, runs_dir)
+        summary["ensemble"] = ensemble | {"train_seconds": round(sum(r["train_seconds"] for r in results), 1)}
         runs.write_json(runs_dir / "benchmark.json", summary)
         ensemble = summary["ensemble"]
         print(f"| ensemble of the {ensemble['runs']} runs | | | | {ensemble['train_seconds']} in all | | "
