@@ -77,6 +77,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     tta = runs.run_tta(run_dir, config.tta)
     engine = load_engines([run_dir, *config.ensemble], config.engine, config.threads or None, tta)
     metrics = ServerMetrics()
+    input_shape, output_shape = [-1, 28, 28], [-1, len(class_names)]  # in both protocols' metadata (-1: any batch)
     batcher = MicroBatcher(engine, config.max_batch, config.max_delay_ms / 1000, on_batch=metrics.batch_size.observe)
 
     @asynccontextmanager
@@ -140,8 +141,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def model_metadata(name: str, request: Request):
         require_model(name, request.path_params.get("version"))
         return {"name": model_name, "versions": [MODEL_VERSION], "platform": engine.platform,
-                "inputs": [{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, 28, 28]}],
-                "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, len(class_names)]}]}  # fmt: skip
+                "inputs": [{"name": INPUT_NAME, "datatype": "UINT8", "shape": input_shape}],
+                "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": output_shape}]}  # fmt: skip
 
     @app.get("/v2/models/{name}/ready", summary="KServe v2: model readiness")
     @app.get("/v2/models/{name}/versions/{version}/ready", summary="KServe v2: readiness of a version")
@@ -173,8 +174,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.get("/v1/models/{name}/versions/{version}/metadata", summary="TF Serving REST: metadata of a version")
     async def tf_serving_metadata(name: str, request: Request):
         require_model(name, request.path_params.get("version"))
-        signature = {"inputs": {INPUT_NAME: tensor_info("DT_UINT8", [-1, 28, 28], f"serving_default_{INPUT_NAME}:0")},
-                     "outputs": {OUTPUT_NAME: tensor_info("DT_FLOAT", [-1, len(class_names)], "StatefulPartitionedCall:0")},
+        signature = {"inputs": {INPUT_NAME: tensor_info("DT_UINT8", input_shape, f"serving_default_{INPUT_NAME}:0")},
+                     "outputs": {OUTPUT_NAME: tensor_info("DT_FLOAT", output_shape, "StatefulPartitionedCall:0")},
                      "method_name": "tensorflow/serving/predict"}  # fmt: skip
         return {"model_spec": {"name": model_name, "signature_name": "", "version": MODEL_VERSION},
                 "metadata": {"signature_def": {"@type": "type.googleapis.com/tensorflow.serving.SignatureDefMap",
