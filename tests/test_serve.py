@@ -256,12 +256,14 @@ def test_export_passes_parity(served_run, server, real_data_dir, export_format):
         from tensorflow.core.framework import types_pb2
         from tensorflow.python.tools import saved_model_utils  # what saved_model_cli reads the signatures with
 
-        signature = tf.saved_model.load(str(run_dir / "export" / "saved_model")).signatures["serving_default"]
+        # TF Serving's layout: the model base path holds numbered version directories, and nothing else it would scan
+        assert [path.name for path in (run_dir / "export" / "saved_model").iterdir()] == ["1"]
+        signature = tf.saved_model.load(str(run_dir / "export" / "saved_model" / "1")).signatures["serving_default"]
         assert list(signature.structured_outputs) == ["probabilities"]
         # The server's TF Serving metadata is the signature TF Serving itself would find in the export.
         served = httpx.get(f"{server.url}/v1/models/shop/versions/1/metadata").json()["metadata"]["signature_def"]
         served = served["signature_def"]["serving_default"]
-        exported = saved_model_utils.get_meta_graph_def(str(run_dir / "export" / "saved_model"), "serve")
+        exported = saved_model_utils.get_meta_graph_def(str(run_dir / "export" / "saved_model" / "1"), "serve")
         exported = exported.signature_def["serving_default"]
         assert served["method_name"] == exported.method_name
         for kind in ("inputs", "outputs"):
@@ -273,6 +275,38 @@ def test_export_passes_parity(served_run, server, real_data_dir, export_format):
                                                                "unknown_rank": tensor.tensor_shape.unknown_rank}}  # fmt: skip
     else:
         assert not list((run_dir / "export").glob(".staging-*"))
+
+
+def test_export_goes_where_asked_and_replaces_only_an_earlier_export(served_run, real_data_dir, tmp_path):
+    from fmnist.export import ExportError, export_run
+
+    base = tmp_path / "models" / "fmnist"  # what TF Serving's --model_base_path would name
+    output = run_cli("export", str(served_run), "--format", "saved_model", "--output", str(base), "--model-version", "2",
+                     "--data-dir", str(real_data_dir)).stdout  # fmt: skip
+    assert f"written to {base / '2'}" in output and "passed" in output
+    assert [path.name for path in base.iterdir()] == ["2"] and (base / "2" / "saved_model.pb").is_file()
+    first = (base / "2" / "saved_model.pb").stat().st_ino
+    report = export_run(served_run, "saved_model", real_data_dir, output=base, model_version=2)  # again: replaced
+    assert report["passed"] and (base / "2" / "saved_model.pb").stat().st_ino != first
+    assert [path.name for path in base.iterdir()] == ["2"]  # the earlier export and the staging folder are gone
+    report = export_run(served_run, "onnx", real_data_dir, output=tmp_path / "serving" / "fmnist.onnx")
+    assert report["passed"] and (tmp_path / "serving" / "fmnist.onnx").is_file()
+
+    (base / "3").mkdir()
+    (base / "3" / "notes.txt").write_text("mine")
+    refusals = {  # each refused before anything is written, with the fix in the message
+        "saved_model to a folder that is not an export": (dict(output=base, model_version=3), "is not a SavedModel"),
+        "saved_model with a version directory as the base path": (dict(output=base / "2"), "give the folder above it"),
+        "onnx to a name without .onnx": (dict(output=tmp_path / "model.bin"), "ends in .onnx"),
+        "onnx to a directory": (dict(output=base), "name the ONNX file itself"),
+        "onnx with a version": (dict(model_version=2), "name it with --output"),
+    }
+    for case, (options, message) in refusals.items():
+        export_format = "onnx" if case.startswith("onnx") else "saved_model"
+        with pytest.raises(ExportError, match=message):
+            export_run(served_run, export_format, real_data_dir, **options)
+    assert (base / "3" / "notes.txt").read_text() == "mine" and sorted(path.name for path in base.iterdir()) == ["2", "3"]
+    assert not (tmp_path / "model.bin").exists()
 
 
 def test_export_refuses_a_format_the_backend_cannot_write_and_says_how(served_run, real_data_dir):

@@ -7,7 +7,7 @@
     fmnist predict RUN FILE... [--json] [--top 3] [--ensemble RUN2 ...] [--tta]
     fmnist report RUN
     fmnist compare RUN RUN... [--json]
-    fmnist export RUN [--format onnx|saved_model]
+    fmnist export RUN [--format onnx|saved_model] [--output PATH] [--model-version N]
     fmnist serve RUN [--host 127.0.0.1] [--port 8000] [--workers 1] [--ensemble RUN2 ...] [--tta]
 
 Keras (and its backend) is imported only by the commands that need it, after `--backend`
@@ -193,7 +193,8 @@ def command_compare(arguments: argparse.Namespace) -> int:
 def command_export(arguments: argparse.Namespace) -> int:
     from fmnist.export import export_run
 
-    report = export_run(arguments.run, arguments.format, data_dir=arguments.data_dir)
+    report = export_run(arguments.run, arguments.format, data_dir=arguments.data_dir, output=arguments.output,
+                        model_version=arguments.model_version)  # fmt: skip
     print(f"{report['format']} export written to {report['path']}\n"
           f"parity on {report['num_images']:,} test images: max |probability difference| "
           f"{report['max_abs_difference']:.2e} (tolerance {report['tolerance']:.0e}), "
@@ -279,7 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     export_parser = commands.add_parser("export", help="export the model (ONNX, SavedModel) with a parity check")
     export_parser.add_argument("run", help="run directory")
-    export_parser.add_argument("--format", choices=("onnx", "saved_model"), default="onnx")
+    export_parser.add_argument("--format", choices=("onnx", "saved_model"), default="onnx",
+                               help="onnx (default; ONNX Runtime, and `fmnist serve` uses it) or saved_model (TF Serving)")
+    export_parser.add_argument("--output", metavar="PATH",
+                               help="the ONNX file (default: RUN/export/model.onnx), or the SavedModel's model base path, "
+                                    "which gets a version directory (default: RUN/export/saved_model)")
+    export_parser.add_argument("--model-version", type=number_in(int, 1), metavar="N",
+                               help="the SavedModel's version directory under the base path, as TF Serving numbers "
+                                    "them (default: 1)")
     export_parser.add_argument("--data-dir", help="directory with the four IDX files (for the parity check)")
     export_parser.set_defaults(handler=command_export)
 

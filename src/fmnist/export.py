@@ -2,11 +2,13 @@
 
     from fmnist.export import export_run
     report = export_run("runs/baseline", "onnx")          # runs/baseline/export/model.onnx
-    report = export_run("runs/baseline", "saved_model")   # runs/baseline/export/saved_model/
+    report = export_run("runs/baseline", "saved_model")   # runs/baseline/export/saved_model/1/
+    report = export_run("runs/baseline", "saved_model", output="/models/fmnist", model_version=2)  # /models/fmnist/2/
 
 Exports take raw uint8 images (batch, 28, 28) and return softmax probabilities (batch, 10), the
 same contract as the server. The SavedModel has a `serving_default` signature
-(input "images", output "probabilities") so TF Serving loads it as it is. After writing, a parity
+(input "images", output "probabilities") and goes into a numbered version directory under a model
+base path, the layout TF Serving loads (`--model_base_path` is the folder above the version). After writing, a parity
 check runs both models on test images: the largest absolute difference of probabilities must be
 at most 1e-5 and every argmax must agree, or the export is removed and an error raised.
 A model trained in mixed precision is exported computing in float32 (its weights already are).
@@ -14,6 +16,7 @@ A model trained in mixed precision is exported computing in float32 (its weights
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,7 +29,8 @@ from fmnist.evaluate import predict_logits, softmax
 FORMATS = ("onnx", "saved_model")
 EXPORT_DIR = "export"
 ONNX_FILE = "model.onnx"
-SAVED_MODEL_DIR = "saved_model"
+SAVED_MODEL_DIR = "saved_model"  # a model base path: the SavedModel is in its version directory, saved_model/1/
+SAVED_MODEL_FILE = "saved_model.pb"
 PARITY_IMAGES = 1000
 PARITY_TOLERANCE = 1e-5
 
@@ -124,24 +128,70 @@ def write_saved_model(model, destination: Path) -> callable:
     return lambda images: signature(images=tf.constant(images))["probabilities"].numpy()
 
 
-def export_run(run_dir: str | Path, export_format: str, data_dir: str | Path | None = None) -> dict:
-    """Write the export into RUN/export/ (atomically), check parity, and return the parity figures."""
+def destination(run_dir: Path, export_format: str, output: str | Path | None, model_version: int | None) -> Path:
+    """Where the export goes: the ONNX file, or the SavedModel's version directory under the base path."""
+    if export_format == "onnx":
+        if model_version is not None:
+            raise ExportError("--model-version numbers a SavedModel's directory for TF Serving (--format saved_model); "
+                              "an ONNX export is one file: name it with --output")  # fmt: skip
+        if output and Path(output).suffix != ".onnx" and not Path(output).is_dir():
+            # the name tells an export apart from other files, so that exporting again replaces it and nothing else
+            raise ExportError(f"--output {output}: an ONNX file's name ends in .onnx, e.g. {Path(output).with_suffix('.onnx')}")
+        return Path(output) if output else run_dir / EXPORT_DIR / ONNX_FILE
+    if model_version is not None and model_version < 1:
+        raise ExportError(f"--model-version {model_version}: TF Serving loads versions numbered 1 and up")
+    base = Path(output) if output else run_dir / EXPORT_DIR / SAVED_MODEL_DIR
+    return base / str(model_version or 1)
+
+
+def check_replaceable(final: Path, export_format: str) -> None:
+    """Refuse to put an export over anything but an earlier export of the same format."""
+    if export_format == "saved_model" and (final.parent / SAVED_MODEL_FILE).is_file():
+        raise ExportError(f"{final.parent} is a SavedModel itself, not a model base path (TF Serving's "
+                          f"--model_base_path, which holds numbered versions); give the folder above it as --output, "
+                          f"or remove it")  # fmt: skip
+    if not final.exists() and not final.is_symlink():
+        return
+    if export_format == "onnx" and final.is_dir():
+        raise ExportError(f"{final} is a directory; name the ONNX file itself, e.g. --output {final / ONNX_FILE}")
+    if export_format == "onnx":
+        earlier_export, what, fix = final.suffix == ".onnx", "an .onnx file", "choose another --output"
+    else:
+        earlier_export = (final / SAVED_MODEL_FILE).is_file()
+        what, fix = f"a SavedModel (no {SAVED_MODEL_FILE} in it)", "choose another --output or --model-version"
+    if final.is_symlink() or not earlier_export:
+        raise ExportError(f"{final} exists and is not {what}, so the export will not replace it; {fix}")
+
+
+def export_run(
+    run_dir: str | Path,
+    export_format: str,
+    data_dir: str | Path | None = None,
+    output: str | Path | None = None,
+    model_version: int | None = None,
+) -> dict:
+    """Write the export (atomically; RUN/export/ unless `output` says), check parity, return the parity figures.
+
+    `output` is the ONNX file, or for a SavedModel the model base path, which gets the version
+    directory `model_version` (1 unless given). The parity figures go to RUN/export/FORMAT_parity.json.
+    """
     if export_format not in FORMATS:
         raise ValueError(f"unknown export format {export_format!r}; choose one of {list(FORMATS)}")
     from fmnist.data import load_dataset
 
     run_dir = runs.require_run(run_dir)
+    final = destination(run_dir, export_format, output, model_version)
+    check_replaceable(final, export_format)
     check_backend_writes(export_format)
     keras_model = computing_in_float32(runs.load_model(run_dir))
     model = with_softmax(keras_model)
     images = load_dataset(data_dir).x_test[:PARITY_IMAGES]
     expected = softmax(predict_logits(keras_model, images))
-    final = run_dir / EXPORT_DIR / (ONNX_FILE if export_format == "onnx" else SAVED_MODEL_DIR)
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=".staging-"))
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=".staging-"))  # beside `final`, so a rename moves it there
     try:
-        destination = staging / final.name
-        run_exported = (write_onnx if export_format == "onnx" else write_saved_model)(model, destination)
+        built = staging / final.name
+        run_exported = (write_onnx if export_format == "onnx" else write_saved_model)(model, built)
         actual = np.asarray(run_exported(images), dtype=np.float64)
         report = {
             "format": export_format, "path": str(final), "num_images": len(images),
@@ -156,9 +206,9 @@ def export_run(run_dir: str | Path, export_format: str, data_dir: str | Path | N
                 f"{report['max_abs_difference']:.2e} (tolerance {PARITY_TOLERANCE:.0e}), argmax agreement "
                 f"{report['argmax_agreement']:.4f}; nothing was written"
             )
-        if final.exists():
-            shutil.rmtree(final) if final.is_dir() else final.unlink()
-        destination.rename(final)
+        if final.is_dir():  # an earlier SavedModel: moved aside, then deleted with the staging folder
+            final.rename(staging / "replaced")
+        os.replace(built, final)  # a file replaces the earlier one in one step
         runs.write_json(run_dir / EXPORT_DIR / f"{export_format}_parity.json", report)
         return report
     finally:
