@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from fmnist import images
-from fmnist.images import ImageError, load_images
+from fmnist.images import ImageError, from_image_bytes, load_images
 
 
 def photo(width=300, height=200, item_box=(60, 40, 240, 160), item_value=40, background=250, mode="L"):
@@ -87,13 +87,15 @@ def test_idx_arrays(dataset, real_data_dir):
 
 @pytest.mark.parametrize("content, message", [
     (b"hello, not an image", "not an image format Pillow can read"),
-    (b"", "not an image format"),
+    (b"", r"the file is empty \(0 bytes\)"),
 ])  # fmt: skip
 def test_non_images_are_refused(tmp_path, content, message):
     path = tmp_path / "file.png"
     path.write_bytes(content)
     with pytest.raises(ImageError, match=message):
         load_images(path)
+    with pytest.raises(ImageError, match=message):  # as uploaded to the server
+        from_image_bytes(content, "file.png")
 
 
 def test_truncated_image_is_refused(tmp_path):

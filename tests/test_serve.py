@@ -150,8 +150,23 @@ def test_bad_uploads_get_a_clear_4xx(server, dataset):
     for files, status, message in cases:
         response = httpx.post(f"{server.url}/predict", files=files, timeout=30)
         assert response.status_code == status and message in response.json()["error"], response.text
+    # a bad file among good ones gets its own error, and the others their predictions, as `fmnist predict` does
+    mixed = [("files", ("0.png", good, "image/png")), ("files", ("a.txt", b"hello", "text/plain")),
+             ("files", ("1.png", png_bytes(dataset.x_test[1]), "image/png"))]  # fmt: skip
+    answer = httpx.post(f"{server.url}/predict", files=mixed, timeout=30)
+    alone = [httpx.post(f"{server.url}/predict", files=[file]).json()["predictions"][0] for file in (mixed[0], mixed[2])]
+    assert answer.status_code == 200, answer.text
+    first, bad, second = answer.json()["predictions"]
+    assert list(bad) == ["filename", "error"] and bad["error"].startswith("a.txt: not an image format Pillow can read")
+    assert [first["filename"], second["filename"]] == ["0.png", "1.png"]
+    for together, apart in zip([first, second], alone, strict=True):  # a batch of 2 may round differently from 1
+        assert together["class_index"] == apart["class_index"] and together["input_png"] == apart["input_png"]
+        assert together["top"][0]["probability"] == pytest.approx(apart["top"][0]["probability"], abs=1e-6)
+    all_bad = httpx.post(f"{server.url}/predict", files=[mixed[1], ("files", ("e.png", b"", "image/png"))])
+    assert all_bad.status_code == 400 and all_bad.json()["error"].startswith("a.txt: not an image format")
+    assert "e.png: the file is empty" in all_bad.json()["error"]
     response = httpx.post(f"{server.url}/predict", data={"nothing": "here"})
-    assert response.status_code == 422 and "files" in response.json()["error"]
+    assert response.status_code == 422 and "one field named `files` per image" in response.json()["error"]
     huge = bytes(11 * 1024 * 1024)
     response = httpx.post(f"{server.url}/predict", files=[("files", ("big.png", huge, "image/png"))])
     assert response.status_code == 413 and "limit" in response.json()["error"]

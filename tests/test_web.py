@@ -46,9 +46,11 @@ def test_upload_a_test_image_through_the_page(page_server, browser, dataset, tmp
     assert "%" in page.text_content("#model-accuracy")
     page.set_input_files("#file-input", str(path))
     page.wait_for_selector("#result:not([hidden])")
-    assert page.text_content("#top-class") == dataset.class_names[dataset.y_test[index]]
-    assert len(page.query_selector_all("#bars .bar")) == 3
-    assert page.get_attribute("#seen", "src").startswith("data:image/png;base64,")
+    assert page.text_content("#cards .top-class") == dataset.class_names[dataset.y_test[index]]
+    assert page.text_content("#cards .file-name") == "test-image.png"
+    assert len(page.query_selector_all("#cards .bar")) == 3
+    assert page.get_attribute("#cards .seen", "src").startswith("data:image/png;base64,")
+    assert page.evaluate("$('result').getBoundingClientRect().bottom <= window.innerHeight + 1")  # scrolled into view
     page.screenshot(path=str(tmp_path / "upload.png"))
     page.close()
 
@@ -64,7 +66,7 @@ def test_draw_on_the_canvas_and_get_a_prediction(page_server, browser, dataset):
     page.mouse.up()
     page.click("#predict-drawing")
     page.wait_for_selector("#result:not([hidden])")
-    assert page.text_content("#top-class") in dataset.class_names
+    assert page.text_content("#cards .top-class") in dataset.class_names
     assert page.text_content("#error") == ""
     page.close()
 
@@ -99,8 +101,8 @@ def test_the_keyboard_opens_the_chooser_and_a_pasted_image_is_classified(page_se
     assert answer.value.status == 200
     page.wait_for_selector("#result:not([hidden])")
     assert page.evaluate("$('file-input').value") == ""  # so that choosing the same file again is a change
-    uploaded = page.text_content("#top-class")
-    page.evaluate("$('result').hidden = true; $('top-class').textContent = ''")
+    uploaded = page.text_content("#cards .top-class")
+    page.evaluate("$('result').hidden = true; $('cards').replaceChildren()")
     with page.expect_response(is_prediction) as answer:
         page.evaluate("""(bytes) => {  // an image pasted from the clipboard
             const transfer = new DataTransfer();
@@ -109,5 +111,36 @@ def test_the_keyboard_opens_the_chooser_and_a_pasted_image_is_classified(page_se
         }""", list(path.read_bytes()))
     assert answer.value.status == 200
     page.wait_for_selector("#result:not([hidden])")
-    assert page.text_content("#top-class") == uploaded and uploaded in dataset.class_names
+    assert page.text_content("#cards .top-class") == uploaded and uploaded in dataset.class_names
+    page.close()
+
+
+def test_several_files_chosen_or_dropped_get_a_card_each(page_server, browser, dataset, tmp_path):
+    images = dataset.x_test[:2]
+    answer = httpx.post(f"{page_server.url}/v2/models/shop/infer", json=kserve_body(images)).json()
+    expected = [dataset.class_names[index] for index in np.array(answer["outputs"][0]["data"]).reshape(2, 10).argmax(axis=1)]
+    paths = [tmp_path / "a-first.png", tmp_path / "b-notes.txt", tmp_path / "c-second.png"]
+    Image.fromarray(images[0]).save(paths[0])
+    paths[1].write_text("not an image")
+    Image.fromarray(images[1]).save(paths[2])
+    page = browser.new_page()
+    page.goto(page_server.url + "/")
+    page.set_input_files("#file-input", [str(path) for path in paths])
+    page.wait_for_function("document.querySelectorAll('#cards .card').length === 3")
+    names = [element.text_content() for element in page.query_selector_all("#cards .file-name")]
+    assert names == [path.name for path in paths]  # in the order chosen, the bad file in its place
+    classes = [element.text_content() for element in page.query_selector_all("#cards .top-class")]
+    assert classes == [expected[0], "", expected[1]]
+    errors = [element.text_content() for element in page.query_selector_all("#cards .card-error")]
+    assert errors[0] == errors[2] == "" and "b-notes.txt: not an image format" in errors[1]
+    assert len(page.query_selector_all("#cards .seen")) == 2 and page.text_content("#error") == ""
+    page.screenshot(path=str(tmp_path / "several.png"), full_page=True)
+    page.evaluate("""(files) => {  // the same files dropped on the zone
+        const transfer = new DataTransfer();
+        for (const [name, bytes] of files) transfer.items.add(new File([new Uint8Array(bytes)], name));
+        $('cards').replaceChildren();
+        $('drop-zone').dispatchEvent(new DragEvent("drop", {dataTransfer: transfer}));
+    }""", [[path.name, list(path.read_bytes())] for path in (paths[2], paths[0])])
+    page.wait_for_function("document.querySelectorAll('#cards .card').length === 2")
+    assert [element.text_content() for element in page.query_selector_all("#cards .top-class")] == expected[::-1]
     page.close()

@@ -33,6 +33,8 @@ class ImageError(ValueError):
 def open_image(source: bytes | str | Path, name: str) -> Image.Image:
     """Decode an image fully (so truncation shows now), refusing decompression bombs."""
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    if source == b"" or (not isinstance(source, bytes) and Path(source).is_file() and Path(source).stat().st_size == 0):
+        raise ImageError(f"{name}: the file is empty (0 bytes); was it saved or uploaded in full?")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -110,6 +110,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request, error: RequestValidationError):
         problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
+        if request.url.path == "/predict":
+            problems += "; send the images as multipart/form-data, one field named `files` per image (curl -F files=@shirt.png)"
         return error_response(422, problems)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -202,18 +204,24 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.post("/predict", summary="Upload image files (multipart field 'files'); top classes for each")
     async def upload(files: list[UploadFile] = File(..., description="PNG, JPEG or any image Pillow reads")):
+        """Each file gets its prediction, or its own error beside the others' predictions (as `fmnist predict`
+        does); the answer is 400 only when no file could be classified."""
         check_batch(len(files), config.max_request_images)
-        images = []
-        for upload_file in files:
+        images, errors = {}, {}
+        for position, upload_file in enumerate(files):
             try:  # decoding a large image takes a while: in a thread, so the event loop goes on serving
                 data, name = await upload_file.read(), upload_file.filename or "upload"
-                images.append(await run_in_threadpool(from_image_bytes, data, name))
+                images[position] = await run_in_threadpool(from_image_bytes, data, name)
             except ImageError as error:
-                raise RequestError(str(error)) from None
-        probabilities = await batcher.submit(np.stack(images))
+                errors[position] = str(error)
+        if not images:
+            raise RequestError("; ".join(errors.values()))
+        probabilities = dict(zip(images, await batcher.submit(np.stack(list(images.values()))), strict=True))
         return {"model": model_name, "predictions": [
-            {"filename": upload_file.filename, **describe(row, class_names), "input_png": png_data_uri(image)}
-            for upload_file, row, image in zip(files, probabilities, images, strict=True)
+            {"filename": upload_file.filename, "error": errors[position]} if position in errors else
+            {"filename": upload_file.filename, **describe(probabilities[position], class_names),
+             "input_png": png_data_uri(images[position])}
+            for position, upload_file in enumerate(files)
         ]}  # fmt: skip
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
