@@ -1,6 +1,8 @@
 """Training in-process on small slices of the real data: splits, run directory, resume guards."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,6 +111,22 @@ def test_figures_are_written_in_the_format_their_name_asks_for(tmp_path):
     with pytest.raises(ValueError, match=r"grid.txt: Matplotlib cannot write .txt; end the name with one of .*\.png"):
         runs.save_figure(figure, tmp_path / "grid.txt")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["grid.svg"]
+
+
+def test_a_file_reaches_the_disk_before_its_name_does(tmp_path, monkeypatch):
+    """After a power cut the new name must not hold an empty file: the data is synced, then renamed, then the folder."""
+    synced, real_fsync = [], os.fsync
+
+    def watched_fsync(descriptor):  # the real fsync, noting what it synced and which names the folder had then
+        synced.append((Path(os.readlink(f"/proc/self/fd/{descriptor}")), sorted(path.name for path in tmp_path.iterdir())))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", watched_fsync)
+    runs.write_json(tmp_path / runs.METRICS, {"test_accuracy": 0.9})
+    (data, names_before), (folder, names_after) = synced
+    assert data.parent == tmp_path and data.name.startswith(".metrics.") and runs.METRICS not in names_before
+    assert folder == tmp_path and names_after == [runs.METRICS]
+    assert json.loads((tmp_path / runs.METRICS).read_text()) == {"test_accuracy": 0.9}
 
 
 def test_unfinished_run_cannot_be_used(tmp_path):

@@ -24,6 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fmnist.data import FILES, DataError, find_file, read_verified
+from fmnist.runs import flush_to_disk
 
 MIRRORS = (
     "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
@@ -79,7 +80,9 @@ def download_file(
             try:
                 fetch(url, temporary, timeout)
                 read_verified(temporary, spec)
+                flush_to_disk(temporary)
                 os.replace(temporary, destination)
+                flush_to_disk(directory)
                 return destination
             except urllib.error.HTTPError as error:
                 if error.code not in RETRIED_STATUSES:

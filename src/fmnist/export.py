@@ -206,9 +206,12 @@ def export_run(
                 f"{report['max_abs_difference']:.2e} (tolerance {PARITY_TOLERANCE:.0e}), argmax agreement "
                 f"{report['argmax_agreement']:.4f}; nothing was written"
             )
+        for path in sorted(built.rglob("*"), reverse=True) + [built]:  # files before the folders that list them
+            runs.flush_to_disk(path)
         if final.is_dir():  # an earlier SavedModel: moved aside, then deleted with the staging folder
             final.rename(staging / "replaced")
         os.replace(built, final)  # a file replaces the earlier one in one step
+        runs.flush_to_disk(final.parent)
         runs.write_json(run_dir / EXPORT_DIR / f"{export_format}_parity.json", report)
         return report
     finally:

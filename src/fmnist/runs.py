@@ -11,8 +11,8 @@
       classification_report.txt / .json, training_curves.png, report.md
       checkpoint/            last completed epoch while training; removed when the run completes
 
-Every file is written to a temporary name in the same folder and renamed into place, so a
-killed process leaves either the old file or the new one, never half of one.
+Every file is written to a temporary name in the same folder, flushed to disk, and renamed into
+place, so a killed process (or a power cut) leaves either the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -71,9 +71,24 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; finished files get the usual permissions
     try:
         yield Path(temporary)
+        flush_to_disk(Path(temporary))
         os.replace(temporary, path)
+        flush_to_disk(path.parent)
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+def flush_to_disk(path: Path) -> None:
+    """fsync a file's data, or a folder's list of names (after a rename).
+
+    Without it the rename can reach the disk before the data: after a power cut the new name would hold
+    an empty or partial file, the case the temporary name is there to prevent.
+    """
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def write_text(path: Path, text: str) -> None:
