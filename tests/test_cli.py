@@ -85,6 +85,38 @@ def test_evaluate_on_given_arrays(baseline_run, dataset, tmp_path):
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_evaluate_on_a_folder_with_a_subfolder_per_class(baseline_run, dataset, tmp_path):
+    """Keras' image_dataset_from_directory layout: the labels are the subfolders' names, in any spelling."""
+    folders = {0: "T-shirt_top", 7: "sneaker", 9: "9"}  # "T-shirt/top" cannot be a folder's name
+    chosen = np.concatenate([np.flatnonzero(dataset.y_test == label)[:30] for label in folders])
+    for index in chosen:
+        folder = tmp_path / "photos" / folders[int(dataset.y_test[index])]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(dataset.x_test[index]).save(folder / f"{index}.png")
+    np.save(tmp_path / "images.npy", dataset.x_test[chosen])
+    np.save(tmp_path / "labels.npy", dataset.y_test[chosen])
+    run_cli("evaluate", str(baseline_run), "--images", str(tmp_path / "photos"))
+    run_cli("evaluate", str(baseline_run), "--images", str(tmp_path / "images.npy"), "--labels", str(tmp_path / "labels.npy"))
+    from_folder = json.loads((baseline_run / "evaluations" / "photos" / "metrics.json").read_text())
+    from_arrays = json.loads((baseline_run / "evaluations" / "images" / "metrics.json").read_text())
+    assert from_folder["num_images"] == 90 and from_folder["eval_accuracy"] == pytest.approx(from_arrays["eval_accuracy"])
+    assert from_folder["eval_loss"] == pytest.approx(from_arrays["eval_loss"], rel=1e-6)
+    with open(baseline_run / "evaluations" / "photos" / "confusion_matrix.csv") as file:
+        rows = {row[0]: sum(int(value) for value in row[1:]) for row in list(csv.reader(file))[1:]}
+    assert [rows[name] for name in ("T-shirt/top", "Sneaker", "Ankle boot")] == [30, 30, 30] and sum(rows.values()) == 90
+
+    (tmp_path / "photos" / "Hats").mkdir()
+    result = run_cli("evaluate", str(baseline_run), "--images", str(tmp_path / "photos"), check=False)
+    assert result.returncode == 1 and "subfolders ['Hats'] name no class" in result.stderr and "Traceback" not in result.stderr
+    (tmp_path / "photos" / "Hats").rmdir()
+    (tmp_path / "photos" / "9" / "scan.png").write_bytes(b"not an image")
+    result = run_cli("evaluate", str(baseline_run), "--images", str(tmp_path / "photos"), check=False)
+    assert result.returncode == 1 and "1 of its files could not be read" in result.stderr and "9/scan.png" in result.stderr
+    result = run_cli("evaluate", str(baseline_run), "--images", str(tmp_path / "photos"), "--labels",
+                     str(tmp_path / "labels.npy"), check=False)  # fmt: skip
+    assert result.returncode == 1 and "leave out --labels" in result.stderr
+
+
 def test_predict_png_files_as_json(baseline_run, dataset, tmp_path):
     paths = []
     for index in range(20):

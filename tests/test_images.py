@@ -152,3 +152,21 @@ def test_a_directory_stands_for_the_image_and_array_files_in_it(tmp_path):
         load_images(tmp_path / "empty")
     with pytest.raises(ImageError, match="a directory; load_images reads one file"):
         load_images(tmp_path / "sub")  # not empty: not called "no image files" there
+
+
+def test_a_labelled_folder_takes_class_names_in_any_spelling_and_refuses_loose_files(tmp_path, dataset):
+    from fmnist.images import load_labelled_folder
+
+    for folder, index in (("tshirt-top", 0), ("ANKLE BOOT", 1), ("3", 2)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(dataset.x_test[index]).save(tmp_path / folder / "item.png")
+    images, labels, paths = load_labelled_folder(tmp_path, dataset.class_names)
+    assert labels.tolist() == [3, 9, 0]  # folders in name order: "3", "ANKLE BOOT", "tshirt-top"
+    np.testing.assert_array_equal(images, dataset.x_test[[2, 1, 0]])
+    assert paths == [tmp_path / "3" / "item.png", tmp_path / "ANKLE BOOT" / "item.png", tmp_path / "tshirt-top" / "item.png"]
+    Image.fromarray(dataset.x_test[0]).save(tmp_path / "loose.png")
+    with pytest.raises(ImageError, match="loose.png not in a class folder; move each into the subfolder of its class"):
+        load_labelled_folder(tmp_path, dataset.class_names)
+    (tmp_path / "empty" / "Bag").mkdir(parents=True)
+    with pytest.raises(ImageError, match="no image or array files in class subfolders"):
+        load_labelled_folder(tmp_path / "empty", dataset.class_names)

@@ -100,10 +100,13 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
     import numpy as np
 
     from fmnist.evaluate import evaluate_run
-    from fmnist.images import array_to_images, read_array
+    from fmnist.images import array_to_images, load_labelled_folder, read_array
 
-    if (arguments.images is None) != (arguments.labels is None):
-        raise ValueError("--images and --labels go together")
+    folder = arguments.images is not None and Path(arguments.images).is_dir()  # labelled by its class subfolders
+    if folder and arguments.labels is not None:
+        raise ValueError(f"--images {arguments.images} is a folder, labelled by its class subfolders; leave out --labels")
+    if not folder and (arguments.images is None) != (arguments.labels is None):
+        raise ValueError("--images and --labels go together (or give --images a folder with a subfolder per class)")
     if arguments.images and arguments.split != "test":
         raise ValueError("--split chooses between the run's own test and validation images; --images gives others")
     ensemble = tuple(arguments.ensemble or ())
@@ -114,6 +117,12 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
 
         images, labels = held_out_split([Path(arguments.run), *map(Path, ensemble)], load_dataset(arguments.data_dir))
         output = evaluation_output(arguments, variant_name("validation", arguments))
+    elif folder:
+        from fmnist.runs import ensemble_class_names
+
+        class_names = ensemble_class_names([Path(arguments.run), *map(Path, ensemble)])
+        images, labels, _ = load_labelled_folder(arguments.images, class_names)
+        output = evaluation_output(arguments, Path(arguments.images).resolve().name)
     elif arguments.images:
         images = array_to_images(read_array(arguments.images), arguments.images)
         labels = read_array(arguments.labels).ravel()
@@ -257,8 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate_parser = commands.add_parser("evaluate", help="re-evaluate a run on the test set or on given data")
     evaluate_parser.add_argument("run", help="run directory")
-    evaluate_parser.add_argument("--images", help="images as .npy or IDX (default: the test set)")
-    evaluate_parser.add_argument("--labels", help="labels as .npy or IDX, with --images")
+    evaluate_parser.add_argument("--images", help="images as .npy or IDX, or a folder with one subfolder of image "
+                                                  "files per class, named after it (default: the test set)")
+    evaluate_parser.add_argument("--labels", help="labels as .npy or IDX, with --images as an array")
     evaluate_parser.add_argument("--output", help="where results on --images, of an ensemble or with another --tta go "
                                                   "(default: RUN/evaluations/NAME)")
     evaluate_parser.add_argument("--data-dir", help="directory with the four IDX files")

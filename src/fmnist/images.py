@@ -3,6 +3,7 @@
     from fmnist.images import load_images
     arrays = load_images("shirt.jpg")     # (1, 28, 28) uint8, light item on black
     arrays = load_images("batch.npy")     # (n, 28, 28) from a NumPy or IDX array file
+    images, labels, paths = load_labelled_folder("photos", class_names)   # photos/Shirt/*.jpg, photos/Sneaker/...
 
 Photos follow the Fashion-MNIST paper's conversion of Zalando's product photos (dark item on a
 light background): trim the background border, scale the longest edge to 28, sharpen, centre
@@ -172,3 +173,48 @@ def is_idx(path: Path) -> bool:
     with open(path, "rb") as file:
         head = file.read(4)
     return len(head) == 4 and head[:3] == b"\x00\x00\x08" and 1 <= head[3] <= 3
+
+
+def folder_key(name: str) -> str:
+    """Class names as folder names may have lost their punctuation: "T-shirt/top" is T-shirt_top or tshirt-top."""
+    return "".join(character for character in name.lower() if character.isalnum())
+
+
+def load_labelled_folder(directory: str | Path, class_names: list[str]) -> tuple[np.ndarray, np.ndarray, list[Path]]:
+    """(n, 28, 28) uint8 images, (n,) labels and each image's file, from one subfolder per class.
+
+    The layout of Keras' `image_dataset_from_directory` and torchvision's `ImageFolder`: a subfolder is
+    named after its class (any case and punctuation: `T-shirt_top`, `tshirt-top`) or its index (`0`..`9`),
+    and holds image or array files. Every file must load, so that the figures are on every image given.
+    """
+    directory = Path(directory)
+    keys = {folder_key(name): index for index, name in enumerate(class_names)}
+    keys.update({str(index): index for index in range(len(class_names))})
+    folders = sorted(path for path in directory.iterdir() if path.is_dir() and not path.name.startswith("."))
+    unknown = [folder.name for folder in folders if folder_key(folder.name) not in keys]
+    if unknown:
+        raise ImageError(f"{directory}: subfolders {unknown} name no class; name each after a class ("
+                         + ", ".join(class_names) + f"; case and punctuation are free) or its index 0-{len(class_names) - 1}")
+    loose = files_in(directory)
+    if loose:
+        example = directory / class_names[0].replace("/", "_")
+        raise ImageError(f"{directory}: {loose[0].name}" + (f" and {len(loose) - 1} more files" if len(loose) > 1 else "")
+                         + " not in a class folder; "
+                         f"move each into the subfolder of its class, e.g. {example}")  # fmt: skip
+    images, labels, paths, failures = [], [], [], []
+    for folder in folders:
+        for path in files_in(folder):
+            try:
+                loaded = load_images(path)
+            except ImageError as error:
+                failures.append(str(error))
+                continue
+            images.append(loaded)
+            labels.append(np.full(len(loaded), keys[folder_key(folder.name)], dtype=np.int64))
+            paths.extend([path] * len(loaded))
+    if failures:
+        listed = "\n  ".join(failures[:10]) + (f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else "")
+        raise ImageError(f"{directory}: {len(failures)} of its files could not be read; fix or remove them:\n  {listed}")
+    if not images:
+        raise ImageError(f"{directory}: no image or array files in class subfolders (e.g. {directory}/Shirt/photo.jpg)")
+    return np.concatenate(images), np.concatenate(labels), paths
