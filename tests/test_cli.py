@@ -104,6 +104,17 @@ def test_evaluate_on_a_folder_with_a_subfolder_per_class(baseline_run, dataset, 
     with open(baseline_run / "evaluations" / "photos" / "confusion_matrix.csv") as file:
         rows = {row[0]: sum(int(value) for value in row[1:]) for row in list(csv.reader(file))[1:]}
     assert [rows[name] for name in ("T-shirt/top", "Sneaker", "Ankle boot")] == [30, 30, 30] and sum(rows.values()) == 90
+    with open(baseline_run / "evaluations" / "photos" / "predictions.csv") as file:  # which photos it got wrong
+        by_file = {row["image"]: row for row in csv.DictReader(file)}
+    with open(baseline_run / "evaluations" / "images" / "predictions.csv") as file:
+        by_position = list(csv.DictReader(file))
+    assert len(by_file) == 90 and [row["image"] for row in by_position] == [str(position) for position in range(90)]
+    for position, index in enumerate(chosen):
+        row = by_file[f"{folders[int(dataset.y_test[index])]}/{index}.png"]
+        assert row["label"] == dataset.class_names[dataset.y_test[index]]
+        assert {key: row[key] for key in ("label", "predicted", "correct")} == \
+               {key: by_position[position][key] for key in ("label", "predicted", "correct")}  # fmt: skip
+    assert sum(int(row["correct"]) for row in by_file.values()) / 90 == pytest.approx(from_folder["eval_accuracy"])
 
     (tmp_path / "photos" / "Hats").mkdir()
     result = run_cli("evaluate", str(baseline_run), "--images", str(tmp_path / "photos"), check=False)

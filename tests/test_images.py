@@ -160,10 +160,12 @@ def test_a_labelled_folder_takes_class_names_in_any_spelling_and_refuses_loose_f
     for folder, index in (("tshirt-top", 0), ("ANKLE BOOT", 1), ("3", 2)):
         (tmp_path / folder).mkdir()
         Image.fromarray(dataset.x_test[index]).save(tmp_path / folder / "item.png")
-    images, labels, paths = load_labelled_folder(tmp_path, dataset.class_names)
+    images, labels, names = load_labelled_folder(tmp_path, dataset.class_names)
     assert labels.tolist() == [3, 9, 0]  # folders in name order: "3", "ANKLE BOOT", "tshirt-top"
     np.testing.assert_array_equal(images, dataset.x_test[[2, 1, 0]])
-    assert paths == [tmp_path / "3" / "item.png", tmp_path / "ANKLE BOOT" / "item.png", tmp_path / "tshirt-top" / "item.png"]
+    assert names == ["3/item.png", "ANKLE BOOT/item.png", "tshirt-top/item.png"]
+    np.save(tmp_path / "3" / "more.npy", dataset.x_test[5:7])
+    assert load_labelled_folder(tmp_path, dataset.class_names)[2][:3] == ["3/item.png", "3/more.npy[0]", "3/more.npy[1]"]
     Image.fromarray(dataset.x_test[0]).save(tmp_path / "loose.png")
     with pytest.raises(ImageError, match="loose.png not in a class folder; move each into the subfolder of its class"):
         load_labelled_folder(tmp_path, dataset.class_names)

@@ -110,7 +110,7 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
     if arguments.images and arguments.split != "test":
         raise ValueError("--split chooses between the run's own test and validation images; --images gives others")
     ensemble = tuple(arguments.ensemble or ())
-    images = labels = output = None  # the run's test images, results written into the run itself
+    images = labels = output = image_names = None  # the run's test images, results written into the run itself
     if arguments.split == "validation":
         from fmnist.data import load_dataset
         from fmnist.train import held_out_split
@@ -121,7 +121,7 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
         from fmnist.runs import ensemble_class_names
 
         class_names = ensemble_class_names([Path(arguments.run), *map(Path, ensemble)])
-        images, labels, _ = load_labelled_folder(arguments.images, class_names)
+        images, labels, image_names = load_labelled_folder(arguments.images, class_names)
         output = evaluation_output(arguments, Path(arguments.images).resolve().name)
     elif arguments.images:
         images = array_to_images(read_array(arguments.images), arguments.images)
@@ -135,7 +135,7 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
     elif ensemble or arguments.tta is not None:
         output = evaluation_output(arguments, variant_name("test", arguments))
     results = evaluate_run(arguments.run, images, labels, output_dir=output, data_dir=arguments.data_dir,
-                           ensemble=ensemble, tta=arguments.tta)  # fmt: skip
+                           ensemble=ensemble, tta=arguments.tta, image_names=image_names)  # fmt: skip
     output = output or Path(arguments.run)
     print(f"accuracy {results.accuracy:.4f}, loss {results.loss:.4f} on {len(results.labels):,} images; written to {output}")
     return 0

@@ -22,6 +22,7 @@ from fmnist import plots, runs
 
 PREDICT_BATCH_SIZE = 1024
 TEST_PREDICTIONS = "test_predictions.npz"  # logits (n, 10) and labels (n,) of the test set
+PREDICTIONS = "predictions.csv"  # each image's label and prediction, for evaluations on other data
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -129,6 +130,21 @@ def write_results(results: ClassificationResults, output_dir: Path, title: str) 
     runs.write_json(output_dir / "classification_report.json", results.classification_report(as_dict=True))
 
 
+def write_predictions(results: ClassificationResults, output_dir: Path, names: list[str] | None = None) -> None:
+    """predictions.csv: each image's label, prediction and loss, in the order given, to find the mistakes.
+
+    `names` identifies the images (their files); without it, their positions in the evaluated set.
+    """
+    probabilities, names = results.probabilities, names or [str(index) for index in range(len(results.labels))]
+    classes = results.class_names
+    runs.write_csv(Path(output_dir) / PREDICTIONS, [
+        {"image": name, "label": classes[label], "predicted": classes[predicted], "correct": int(label == predicted),
+         "probability": f"{row[predicted]:.6f}", "label_probability": f"{row[label]:.6f}", "loss": f"{loss:.6f}"}
+        for name, label, predicted, row, loss in zip(names, results.labels, results.predictions, probabilities,
+                                                     results.losses, strict=True)
+    ])  # fmt: skip
+
+
 def write_run_evaluation(run_dir: Path, metrics: dict, results: ClassificationResults) -> dict:
     """Write a run's test-set views and predictions; metrics.json last, since it marks the run complete."""
     metrics = {**metrics, **results.summary("test")}
@@ -150,13 +166,15 @@ def load_test_predictions(run_dir: Path, class_names) -> ClassificationResults |
 
 def evaluate_run(run_dir: Path, images: np.ndarray | None = None, labels: np.ndarray | None = None,
                  output_dir: Path | None = None, data_dir: Path | None = None,
-                 ensemble: tuple[Path, ...] = (), tta: bool | None = None) -> ClassificationResults:
+                 ensemble: tuple[Path, ...] = (), tta: bool | None = None,
+                 image_names: list[str] | None = None) -> ClassificationResults:
     """Evaluate a finished run on the test set (default) or on the given images and labels.
 
     On the test set, as the run was trained (its own `tta`, no ensemble), the run's metrics,
     confusion matrix and report are rewritten in place. Otherwise (other data, other runs in
     `ensemble` whose probabilities are averaged with this one's, or another `tta`) the results
-    go to `output_dir` (required then) and the run is left as it was.
+    go to `output_dir` (required then), with each image's prediction in predictions.csv under
+    `image_names` (default: its position), and the run is left as it was.
     """
     run_dir = runs.require_run(run_dir)
     members = [run_dir, *map(Path, ensemble)]
@@ -182,6 +200,7 @@ def evaluate_run(run_dir: Path, images: np.ndarray | None = None, labels: np.nda
     results = ClassificationResults(ensemble_logits(models, images, tta), np.asarray(labels, dtype=np.int64), tuple(class_names))
     members_note = f" (ensemble of {len(members)} runs)" if ensemble else ""
     write_results(results, Path(output_dir), f"accuracy {results.accuracy:.4f} on {len(labels):,} images{members_note}")
+    write_predictions(results, Path(output_dir), image_names)
     summary = results.summary("eval") | {"num_images": len(labels), "runs": [str(member) for member in members], "tta": tta}
     runs.write_json(Path(output_dir) / runs.METRICS, summary)
     return results

@@ -3,7 +3,7 @@
     from fmnist.images import load_images
     arrays = load_images("shirt.jpg")     # (1, 28, 28) uint8, light item on black
     arrays = load_images("batch.npy")     # (n, 28, 28) from a NumPy or IDX array file
-    images, labels, paths = load_labelled_folder("photos", class_names)   # photos/Shirt/*.jpg, photos/Sneaker/...
+    images, labels, names = load_labelled_folder("photos", class_names)   # photos/Shirt/*.jpg, photos/Sneaker/...
 
 Photos follow the Fashion-MNIST paper's conversion of Zalando's product photos (dark item on a
 light background): trim the background border, scale the longest edge to 28, sharpen, centre
@@ -180,12 +180,14 @@ def folder_key(name: str) -> str:
     return "".join(character for character in name.lower() if character.isalnum())
 
 
-def load_labelled_folder(directory: str | Path, class_names: list[str]) -> tuple[np.ndarray, np.ndarray, list[Path]]:
-    """(n, 28, 28) uint8 images, (n,) labels and each image's file, from one subfolder per class.
+def load_labelled_folder(directory: str | Path, class_names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(n, 28, 28) uint8 images, (n,) labels and each image's name, from one subfolder per class.
 
     The layout of Keras' `image_dataset_from_directory` and torchvision's `ImageFolder`: a subfolder is
     named after its class (any case and punctuation: `T-shirt_top`, `tshirt-top`) or its index (`0`..`9`),
     and holds image or array files. Every file must load, so that the figures are on every image given.
+    An image's name is its file's path in `directory` (`Shirt/photo.jpg`), with its index for an
+    array file that holds several (`Shirt/scans.npy[3]`).
     """
     directory = Path(directory)
     keys = {folder_key(name): index for index, name in enumerate(class_names)}
@@ -201,7 +203,7 @@ def load_labelled_folder(directory: str | Path, class_names: list[str]) -> tuple
         raise ImageError(f"{directory}: {loose[0].name}" + (f" and {len(loose) - 1} more files" if len(loose) > 1 else "")
                          + " not in a class folder; "
                          f"move each into the subfolder of its class, e.g. {example}")  # fmt: skip
-    images, labels, paths, failures = [], [], [], []
+    images, labels, names, failures = [], [], [], []
     for folder in folders:
         for path in files_in(folder):
             try:
@@ -211,10 +213,11 @@ def load_labelled_folder(directory: str | Path, class_names: list[str]) -> tuple
                 continue
             images.append(loaded)
             labels.append(np.full(len(loaded), keys[folder_key(folder.name)], dtype=np.int64))
-            paths.extend([path] * len(loaded))
+            name = path.relative_to(directory).as_posix()
+            names.extend([f"{name}[{index}]" for index in range(len(loaded))] if len(loaded) > 1 else [name])
     if failures:
         listed = "\n  ".join(failures[:10]) + (f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else "")
         raise ImageError(f"{directory}: {len(failures)} of its files could not be read; fix or remove them:\n  {listed}")
     if not images:
         raise ImageError(f"{directory}: no image or array files in class subfolders (e.g. {directory}/Shirt/photo.jpg)")
-    return np.concatenate(images), np.concatenate(labels), paths
+    return np.concatenate(images), np.concatenate(labels), names
