@@ -166,6 +166,14 @@ def test_a_labelled_folder_takes_class_names_in_any_spelling_and_refuses_loose_f
     assert names == ["3/item.png", "ANKLE BOOT/item.png", "tshirt-top/item.png"]
     np.save(tmp_path / "3" / "more.npy", dataset.x_test[5:7])
     assert load_labelled_folder(tmp_path, dataset.class_names)[2][:3] == ["3/item.png", "3/more.npy[0]", "3/more.npy[1]"]
+    (tmp_path / "3" / "scan.png").write_bytes(b"not an image")
+    with pytest.raises(ImageError, match=r"1 of its files could not be read; fix or remove them:\n  .*3/scan.png: not an image"):
+        load_labelled_folder(tmp_path, dataset.class_names)
+    (tmp_path / "3" / "scan.png").unlink()
+    (tmp_path / "Hats").mkdir()
+    with pytest.raises(ImageError, match=r"subfolders \['Hats'\] name no class; name each after a class \(T-shirt/top, "):
+        load_labelled_folder(tmp_path, dataset.class_names)
+    (tmp_path / "Hats").rmdir()
     Image.fromarray(dataset.x_test[0]).save(tmp_path / "loose.png")
     with pytest.raises(ImageError, match="loose.png not in a class folder; move each into the subfolder of its class"):
         load_labelled_folder(tmp_path, dataset.class_names)
