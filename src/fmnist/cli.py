@@ -3,7 +3,7 @@
     fmnist data [--data-dir DIR] [--download] [--grid samples.png|.svg|.pdf]
     fmnist models
     fmnist train [--model baseline] [--epochs 10] [--seed 0] [--run-dir runs/baseline] ...
-    fmnist evaluate RUN [--images FILE --labels FILE --output DIR] [--ensemble RUN2 ...] [--tta]
+    fmnist evaluate RUN [--images FILE --labels FILE | --images FOLDER] [--output DIR] [--ensemble RUN2 ...] [--tta]
     fmnist predict RUN FILE... [--json] [--top 3] [--ensemble RUN2 ...] [--tta]
     fmnist report RUN
     fmnist compare RUN RUN... [--json]
