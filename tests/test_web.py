@@ -144,3 +144,21 @@ def test_several_files_chosen_or_dropped_get_a_card_each(page_server, browser, d
     page.wait_for_function("document.querySelectorAll('#cards .card').length === 2")
     assert [element.text_content() for element in page.query_selector_all("#cards .top-class")] == expected[::-1]
     page.close()
+
+
+def test_photos_over_the_request_limit_together_are_each_classified(page_server, browser, tmp_path):
+    """Three 4.6 MB photos pass the server's 10 MB limit on a request together, but not one by one."""
+    generator = np.random.default_rng(0)
+    paths = []
+    for index in range(3):  # noise does not compress: each PNG is about as large as its pixels
+        paths.append(tmp_path / f"photo{index}.png")
+        Image.fromarray(generator.integers(0, 256, (1100, 1400, 3), dtype=np.uint8)).save(paths[-1], compress_level=0)
+    assert sum(path.stat().st_size for path in paths) > 10 * 1024 * 1024
+    page = browser.new_page()
+    page.goto(page_server.url + "/")
+    page.set_input_files("#file-input", [str(path) for path in paths])
+    page.wait_for_function("document.querySelectorAll('#cards .card').length === 3 || $('error').textContent !== ''")
+    assert page.text_content("#error") == ""
+    assert [element.text_content() for element in page.query_selector_all("#cards .file-name")] == [path.name for path in paths]
+    assert len(page.query_selector_all("#cards .seen")) == 3 and not page.query_selector_all("#cards .card-error:not(:empty)")
+    page.close()
