@@ -118,9 +118,9 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
         images, labels = held_out_split([Path(arguments.run), *map(Path, ensemble)], load_dataset(arguments.data_dir))
         output = evaluation_output(arguments, variant_name("validation", arguments))
     elif folder:
-        from fmnist.runs import ensemble_class_names
+        from fmnist import runs  # evaluate_run checks that an ensemble's runs share these classes
 
-        class_names = ensemble_class_names([Path(arguments.run), *map(Path, ensemble)])
+        class_names = runs.load_class_names(runs.require_run(Path(arguments.run)))
         images, labels, image_names = load_labelled_folder(arguments.images, class_names)
         output = evaluation_output(arguments, Path(arguments.images).resolve().name)
     elif arguments.images:
