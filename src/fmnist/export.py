@@ -154,8 +154,8 @@ def check_replaceable(final: Path, export_format: str) -> None:
         return
     if export_format == "onnx" and final.is_dir():
         raise ExportError(f"{final} is a directory; name the ONNX file itself, e.g. --output {final / ONNX_FILE}")
-    if export_format == "onnx":
-        earlier_export, what, fix = final.suffix == ".onnx", "an .onnx file", "choose another --output"
+    if export_format == "onnx":  # destination() has made sure its name ends in .onnx
+        earlier_export, what, fix = final.is_file(), "an .onnx file", "choose another --output"
     else:
         earlier_export = (final / SAVED_MODEL_FILE).is_file()
         what, fix = f"a SavedModel (no {SAVED_MODEL_FILE} in it)", "choose another --output or --model-version"
