@@ -21,6 +21,10 @@ as fit the budget. Only time decides it, never accuracy.
 --ensemble then evaluates the seeds' runs as one ensemble (`fmnist evaluate --ensemble`, each
 run's probabilities averaged, with the runs' own TTA): on the validation images they held out,
 then once on the test set, with the training time of all the runs together.
+
+--compile-once lets the seeds' runs share a fresh JAX compilation cache (in the runs folder), as runs
+one after another share the CLI's default cache on a user's machine: the first run compiles the
+training step, the others load it. Without it every run compiles from scratch, as a first run does.
 """
 
 from __future__ import annotations
@@ -66,13 +70,14 @@ def spread(values: list[float], digits: int) -> str:
     return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def train_run(train_arguments: list[str], run_dir: Path) -> None:
+def train_run(train_arguments: list[str], run_dir: Path, compilation_cache: Path | None = None) -> None:
     """One `fmnist train` in a fresh process (`python -m fmnist`, so it also runs from a source tree)."""
     command = [sys.executable, "-m", "fmnist", "train", *train_arguments, "--run-dir", str(run_dir)]
     print("$", shlex.join(command), flush=True)
-    # Each run compiles from scratch, as a first run does: the CLI's JAX compilation cache stays off
-    # unless JAX_COMPILATION_CACHE_DIR is set.
-    environment = {**os.environ, "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR", "")}
+    # Without a cache folder the run compiles from scratch, as a first run does: the CLI's JAX
+    # compilation cache stays off (an empty value) unless JAX_COMPILATION_CACHE_DIR is set.
+    cache = str(compilation_cache) if compilation_cache else os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
+    environment = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache}
     subprocess.run(command, check=True, env=environment)
 
 
@@ -116,11 +121,14 @@ def main() -> int:
                         help="train for as many epochs as fit this many seconds, timed by a probe run")
     parser.add_argument("--ensemble", action="store_true",
                         help="also evaluate the seeds' runs as one ensemble (validation, then test)")
+    parser.add_argument("--compile-once", action="store_true",
+                        help="the seeds' runs share a fresh JAX compilation cache: the first run compiles, the others load it")
     parser.add_argument("train_arguments", nargs="*", help="arguments for `fmnist train`, after --")
     arguments = parser.parse_args()
     if arguments.ensemble and len(arguments.seeds) < 2:
         parser.error("--ensemble needs at least two --seeds")
     runs_dir = Path(arguments.runs_dir or tempfile.mkdtemp(prefix="fmnist-benchmark-"))
+    runs_dir.mkdir(parents=True, exist_ok=True)
     train_arguments = list(arguments.train_arguments)
     summary = {
         "date": datetime.date.today().isoformat(),
@@ -132,10 +140,12 @@ def main() -> int:
         summary["epochs_for_budget"] = epochs_within(arguments.fit_seconds, train_arguments, runs_dir / "probe")
         train_arguments += ["--epochs", str(summary["epochs_for_budget"])]
 
+    # A new folder, so that no earlier benchmark's compiled steps are found (the probe above used none)
+    compilation_cache = Path(tempfile.mkdtemp(prefix="jax-cache-", dir=runs_dir)) if arguments.compile_once else None
     for seed in arguments.seeds:
         run_dir = runs_dir / f"seed{seed}"
         started = time.perf_counter()
-        train_run(train_arguments + ["--seed", str(seed)], run_dir)
+        train_run(train_arguments + ["--seed", str(seed)], run_dir, compilation_cache)
         # What the user waits for: start-up, data, checkpoints and the final evaluation besides the epochs.
         process_seconds = round(time.perf_counter() - started, 1)
         summary["runs"].append({**json.loads((run_dir / "metrics.json").read_text()), "process_seconds": process_seconds})
