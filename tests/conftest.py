@@ -142,11 +142,12 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, run_dir, *options):
+    def __init__(self, run_dir, *options, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(cli_command("serve", str(run_dir), "--port", str(self.port), *options),
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        env={**os.environ, **(env or {})})  # fmt: skip
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -3,18 +3,15 @@
 import csv
 import importlib.metadata
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import Server, cli_command, kserve_body, run_cli
+from conftest import Server, kserve_body, run_cli
 from fmnist.data import FILES
 
 pytestmark = pytest.mark.slow
@@ -115,6 +112,14 @@ def test_evaluate_on_a_folder_with_a_subfolder_per_class(baseline_run, dataset, 
         assert {key: row[key] for key in ("label", "predicted", "correct")} == \
                {key: by_position[position][key] for key in ("label", "predicted", "correct")}  # fmt: skip
     assert sum(int(row["correct"]) for row in by_file.values()) / 90 == pytest.approx(from_folder["eval_accuracy"])
+    # told that the images are on a light background, it negates them all
+    run_cli("evaluate", str(baseline_run), "--images", str(tmp_path / "photos"), "--background", "light",
+            "--output", str(tmp_path / "negated"))  # fmt: skip
+    evaluate_run(baseline_run, 255 - dataset.x_test[chosen], dataset.y_test[chosen], output_dir=tmp_path / "arrays-negated")
+    negated = json.loads((tmp_path / "negated" / "metrics.json").read_text())
+    expected = json.loads((tmp_path / "arrays-negated" / "metrics.json").read_text())
+    assert negated["eval_loss"] == pytest.approx(expected["eval_loss"], rel=1e-6)
+    assert negated["eval_loss"] != pytest.approx(from_folder["eval_loss"])
 
     (tmp_path / "photos" / "Hats").mkdir()  # a folder that names no class stops the command with the fix
     result = run_cli("evaluate", str(baseline_run), "--images", str(tmp_path / "photos"), check=False)
@@ -122,6 +127,10 @@ def test_evaluate_on_a_folder_with_a_subfolder_per_class(baseline_run, dataset, 
     result = run_cli("evaluate", str(baseline_run), "--images", str(tmp_path / "photos"), "--labels",
                      str(tmp_path / "photos" / "9" / f"{chosen[-1]}.png"), check=False)  # fmt: skip
     assert result.returncode == 1 and "leave out --labels" in result.stderr
+    np.save(tmp_path / "x.npy", dataset.x_test[:3])
+    result = run_cli("evaluate", str(baseline_run), "--images", str(tmp_path / "x.npy"), "--labels", str(tmp_path / "x.npy"),
+                     "--background", "dark", check=False)  # fmt: skip
+    assert result.returncode == 1 and "--background is for image files" in result.stderr
 
 
 def test_predict_png_files_as_json(baseline_run, dataset, tmp_path):
@@ -172,78 +181,13 @@ def test_numbers_out_of_range_stop_at_the_command_line(arguments, message):
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
-def wait_for_epoch(run_dir, epochs_done, process, timeout=120):
-    state = run_dir / "checkpoint" / "state.json"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        if state.exists() and json.loads(state.read_text())["epochs_done"] >= epochs_done:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"no checkpoint of epoch {epochs_done} appeared")
-
-
-RESUME_OPTIONS = ["--epochs", "3", "--train-subset", "3000", "--seed", "7", "--no-report", "--checkpoint-seconds", "0"]
-
-
 @pytest.fixture(scope="module")
-def uninterrupted_run(tmp_path_factory, real_data_dir):
-    run_dir = tmp_path_factory.mktemp("whole") / "run"
-    run_cli("train", "--run-dir", str(run_dir), *RESUME_OPTIONS, "--data-dir", str(real_data_dir))
+def second_run(tmp_path_factory, real_data_dir):
+    """Another baseline run beside baseline_run (other seed, 3 epochs), for ensembles."""
+    run_dir = tmp_path_factory.mktemp("second") / "run"
+    run_cli("train", "--run-dir", str(run_dir), "--epochs", "3", "--train-subset", "3000", "--seed", "7", "--no-report",
+            "--data-dir", str(real_data_dir))  # fmt: skip
     return run_dir
-
-
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
-def test_interrupted_training_resumes_to_the_same_result(tmp_path, real_data_dir, uninterrupted_run, how):
-    """The same seed twice gives the same accuracy, whether or not the run was killed on the way."""
-    assert_resumes_identically(tmp_path / "cut", [*RESUME_OPTIONS, "--data-dir", str(real_data_dir)], uninterrupted_run, how)
-
-
-def test_interrupted_training_with_augmentation_and_ema_resumes_to_the_same_result(tmp_path, real_data_dir):
-    """Augmentation draws random numbers and EMA keeps averages in the optimizer: both must resume exactly
-    (here with several steps per call into the backend, which the checkpoint's compiled model keeps)."""
-    options = [*RESUME_OPTIONS, "--translate", "2", "--flip", "--erase", "0.5", "--ema", "0.9",
-               "--schedule", "onecycle", "--warmup-fraction", "0.3", "--label-smoothing", "0.1",
-               "--steps-per-execution", "4", "--data-dir", str(real_data_dir)]  # fmt: skip
-    run_cli("train", "--run-dir", str(tmp_path / "whole"), *options)
-    assert_resumes_identically(tmp_path / "cut", options, tmp_path / "whole", signal.SIGKILL)
-
-
-def assert_resumes_identically(cut_dir, options, whole, how):
-    command = cli_command("train", "--run-dir", str(cut_dir), *options)
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})  # fmt: skip
-    wait_for_epoch(cut_dir, 1, process)
-    process.send_signal(how)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == (130 if how == signal.SIGTERM else -signal.SIGKILL), stderr
-    assert not (cut_dir / "metrics.json").exists()
-    resumed = run_cli("train", "--run-dir", str(cut_dir), *options)
-    assert "resuming" in resumed.stdout
-    assert not (cut_dir / "report.html").exists()  # --no-report
-    whole_metrics = json.loads((whole / "metrics.json").read_text())
-    cut = json.loads((cut_dir / "metrics.json").read_text())
-    assert cut["test_accuracy"] == whole_metrics["test_accuracy"] and cut["test_loss"] == whole_metrics["test_loss"]
-    history_whole = (whole / "history.csv").read_text().splitlines()
-    history_cut = (cut_dir / "history.csv").read_text().splitlines()
-    assert [line.rsplit(",", 1)[0] for line in history_cut] == [line.rsplit(",", 1)[0] for line in history_whole]
-
-
-def test_checkpoints_wait_for_their_interval(tmp_path, real_data_dir):
-    """With more seconds between checkpoints than the run lasts, only the last epoch would write one."""
-    run_dir = tmp_path / "run"
-    command = cli_command("train", "--run-dir", str(run_dir), "--model", "tiny", "--epochs", "40", "--train-subset",
-                          "3000", "--checkpoint-seconds", "3600", "--no-report", "--data-dir", str(real_data_dir))  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline:
-        if (run_dir / "history.csv").exists() and len((run_dir / "history.csv").read_text().splitlines()) > 3:
-            break
-        time.sleep(0.1)
-    epochs_done = len((run_dir / "history.csv").read_text().splitlines()) - 1
-    checkpointed = (run_dir / "checkpoint" / "state.json").exists()
-    process.kill()
-    process.communicate(timeout=60)
-    assert 3 <= epochs_done < 40 and not checkpointed
 
 
 def saved_test_probabilities(run_dir):
@@ -253,8 +197,8 @@ def saved_test_probabilities(run_dir):
     return exponentials / exponentials.sum(axis=1, keepdims=True)
 
 
-def test_ensemble_predict_and_evaluate_average_the_runs(baseline_run, uninterrupted_run, real_data_dir, dataset, tmp_path):
-    runs = [baseline_run, uninterrupted_run]
+def test_ensemble_predict_and_evaluate_average_the_runs(baseline_run, second_run, real_data_dir, dataset, tmp_path):
+    runs = [baseline_run, second_run]
     expected = np.mean([saved_test_probabilities(run) for run in runs], axis=0)  # each run's own test evaluation
     np.save(tmp_path / "ten.npy", dataset.x_test[:10])
     entries = json.loads(run_cli("predict", str(runs[0]), str(tmp_path / "ten.npy"), "--ensemble", str(runs[1]),
@@ -271,27 +215,27 @@ def test_ensemble_predict_and_evaluate_average_the_runs(baseline_run, uninterrup
     assert json.loads((runs[0] / "metrics.json").read_text())["test_accuracy"] != metrics["eval_accuracy"]  # run untouched
 
 
-def test_evaluate_on_the_held_out_validation_images(baseline_run, uninterrupted_run, real_data_dir, dataset, tmp_path):
+def test_evaluate_on_the_held_out_validation_images(baseline_run, second_run, real_data_dir, dataset, tmp_path):
     from fmnist.config import TrainConfig
     from fmnist.evaluate import ensemble_logits
     from fmnist.runs import RunError, load_model
     from fmnist.train import held_out_split, split_indices
 
     # one run alone gives the validation accuracy its training reported, from the same images
-    result = run_cli("evaluate", str(uninterrupted_run), "--split", "validation", "--data-dir", str(real_data_dir))
-    metrics = json.loads((uninterrupted_run / "evaluations" / "validation" / "metrics.json").read_text())
+    result = run_cli("evaluate", str(second_run), "--split", "validation", "--data-dir", str(real_data_dir))
+    metrics = json.loads((second_run / "evaluations" / "validation" / "metrics.json").read_text())
     assert metrics["num_images"] == 300 and "on 300 images" in result.stdout
-    assert metrics["eval_accuracy"] == pytest.approx(json.loads((uninterrupted_run / "metrics.json").read_text())["val_accuracy"])
+    assert metrics["eval_accuracy"] == pytest.approx(json.loads((second_run / "metrics.json").read_text())["val_accuracy"])
 
-    run_cli("evaluate", str(baseline_run), "--ensemble", str(uninterrupted_run), "--split", "validation", "--tta",
+    run_cli("evaluate", str(baseline_run), "--ensemble", str(second_run), "--split", "validation", "--tta",
             "--data-dir", str(real_data_dir))  # fmt: skip
     metrics = json.loads((baseline_run / "evaluations" / "validation-ensemble-tta" / "metrics.json").read_text())
     _, validation = split_indices(dataset.y_train, TrainConfig(train_subset=3000))
-    logits = ensemble_logits([load_model(baseline_run), load_model(uninterrupted_run)], dataset.x_train[validation], tta=True)
+    logits = ensemble_logits([load_model(baseline_run), load_model(second_run)], dataset.x_train[validation], tta=True)
     assert metrics["eval_accuracy"] == pytest.approx(np.mean(logits.argmax(axis=1) == dataset.y_train[validation]))
 
     other = tmp_path / "other-split"  # the same model, as if it had held out other images
-    shutil.copytree(uninterrupted_run, other)
+    shutil.copytree(second_run, other)
     config = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "split_seed": 1}))
     with pytest.raises(RunError, match="split_seed 1 against 0"):
@@ -307,19 +251,19 @@ def test_evaluate_on_the_held_out_validation_images(baseline_run, uninterrupted_
     assert refused.returncode == 1 and "--images gives others" in refused.stderr
 
 
-def test_served_ensemble_with_tta_averages_four_predictions(baseline_run, uninterrupted_run, dataset):
+def test_served_ensemble_with_tta_averages_four_predictions(baseline_run, second_run, dataset):
     from fmnist.evaluate import predict_logits, softmax
     from fmnist.runs import load_model
 
     images = dataset.x_test[:16]
-    expected = np.mean([softmax(predict_logits(load_model(run), view)) for run in (baseline_run, uninterrupted_run)
+    expected = np.mean([softmax(predict_logits(load_model(run), view)) for run in (baseline_run, second_run)
                         for view in (images, images[:, :, ::-1].copy())], axis=0)  # fmt: skip
-    server = Server(baseline_run, "--ensemble", str(uninterrupted_run), "--tta")
+    server = Server(baseline_run, "--ensemble", str(second_run), "--tta")
     try:
         import httpx
 
         info = httpx.get(f"{server.url}/info").json()
-        assert info["tta"] is True and info["ensemble"] == [str(baseline_run), str(uninterrupted_run)]
+        assert info["tta"] is True and info["ensemble"] == [str(baseline_run), str(second_run)]
         body = httpx.post(f"{server.url}/v2/models/shop/infer", json=kserve_body(images)).json()
         served = np.array(body["outputs"][0]["data"]).reshape(16, 10)
         np.testing.assert_allclose(served, expected, atol=1e-5)

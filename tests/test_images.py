@@ -29,6 +29,26 @@ def test_dataset_image_saved_as_png_is_unchanged(dataset, tmp_path):
     np.testing.assert_array_equal(load_images(path)[0], original)
 
 
+# Training images whose item fills the frame, light to the edges: by its border each looks like a photo on white
+LIGHT_EDGED_BAGS = [26299, 41623]
+
+
+def test_a_background_given_overrides_the_border(dataset, tmp_path):
+    for index in LIGHT_EDGED_BAGS:
+        bag = dataset.x_train[index]
+        path = save(Image.fromarray(bag), tmp_path / f"bag{index}.png")
+        np.testing.assert_array_equal(load_images(path)[0], 255 - bag)  # auto: negated, as a photo would be
+        np.testing.assert_array_equal(load_images(path, background="dark")[0], bag)
+    shirt = dataset.x_test[0]
+    path = save(Image.fromarray(shirt), tmp_path / "shirt.png")
+    np.testing.assert_array_equal(load_images(path, background="light")[0], 255 - shirt)
+    np.testing.assert_array_equal(load_images(path, background="auto")[0], shirt)
+    on_white = load_images(save(photo(), tmp_path / "photo.png"), background="light")[0]
+    np.testing.assert_array_equal(on_white, load_images(tmp_path / "photo.png")[0])
+    with pytest.raises(ValueError, match="background 'white': choose auto .*, light or dark"):
+        load_images(path, background="white")
+
+
 def test_photo_is_trimmed_scaled_centred_and_negated(tmp_path):
     result = load_images(save(photo(), tmp_path / "photo.png"))[0]
     assert result.shape == (28, 28) and result.dtype == np.uint8

@@ -72,6 +72,9 @@ def test_protocols_agree_with_each_other_and_with_predict(server, served_run, da
     assert [entry["class_index"] for entry in upload["predictions"]] == list(from_kserve.argmax(axis=1))
     seen = Image.open(io.BytesIO(base64.b64decode(upload["predictions"][0]["input_png"].split(",")[1])))
     np.testing.assert_array_equal(np.asarray(seen), images[0])
+    negated = httpx.post(f"{server.url}/predict", files=files[:1], data={"background": "light"}).json()["predictions"][0]
+    seen = Image.open(io.BytesIO(base64.b64decode(negated["input_png"].split(",")[1])))
+    np.testing.assert_array_equal(np.asarray(seen), 255 - images[0])  # the form's background, over the border's
     np.save(tmp_path / "x.npy", images)
     cli = json.loads(run_cli("predict", str(served_run), str(tmp_path / "x.npy"), "--json").stdout)
     assert [entry["class_index"] for entry in cli] == list(from_kserve.argmax(axis=1))
@@ -165,6 +168,8 @@ def test_bad_uploads_get_a_clear_4xx(server, dataset):
     all_bad = httpx.post(f"{server.url}/predict", files=[mixed[1], ("files", ("e.png", b"", "image/png"))])
     assert all_bad.status_code == 400 and all_bad.json()["error"].startswith("a.txt: not an image format")
     assert "e.png: the file is empty" in all_bad.json()["error"]
+    response = httpx.post(f"{server.url}/predict", files=mixed[:1], data={"background": "white"})
+    assert response.status_code == 400 and "background 'white': choose auto" in response.json()["error"]
     response = httpx.post(f"{server.url}/predict", data={"nothing": "here"})
     assert response.status_code == 422 and "one field named `files` per image" in response.json()["error"]
     huge = bytes(11 * 1024 * 1024)
@@ -198,12 +203,16 @@ def test_a_port_in_use_or_an_unknown_host_stops_before_the_server_is_announced(s
     assert result.returncode == 1 and "--host no-such-host.invalid: not an address" in result.stderr, result.stderr
 
 
-def test_two_server_processes_answer_as_one_does_and_are_counted_together(served_run, server, dataset):
-    """`--workers 2`: uvicorn's processes share the port; the config reaches each, and /metrics counts all requests."""
+def test_two_server_processes_answer_as_one_does_and_are_counted_together(served_run, server, dataset, tmp_path):
+    """`--workers 2`: uvicorn's processes share the port; the config reaches each, and /metrics counts all requests.
+
+    Their counts meet in a folder of their own, which the server removes when it stops.
+    """
     body = kserve_body(dataset.x_test[:4])
     expected = httpx.post(f"{server.url}/v2/models/shop/infer", json=body).json()["outputs"][0]["data"]
-    workers = Server(served_run, "--engine", "keras", "--workers", "2", "--max-body-mb", "1")
+    workers = Server(served_run, "--engine", "keras", "--workers", "2", "--max-body-mb", "1", env={"TMPDIR": str(tmp_path)})
     try:
+        assert [path.name[:18] for path in tmp_path.iterdir()] == ["fmnist-prometheus-"]
         with concurrent.futures.ThreadPoolExecutor(8) as pool:  # new connections, taken by either process
             answers = list(pool.map(lambda _: httpx.post(f"{workers.url}/v2/models/shop/infer", json=body), range(16)))
         for answer in answers:
@@ -215,6 +224,7 @@ def test_two_server_processes_answer_as_one_does_and_are_counted_together(served
         assert "fmnist_batch_size_sum 64.0" in metrics  # 16 requests of 4 images, however they were batched
     finally:
         workers.close()
+    assert workers.process.returncode == 0 and list(tmp_path.iterdir()) == []  # stopped cleanly, the folder gone
 
 
 def test_no_model_call_holds_more_than_max_batch_images(served_run, dataset):

@@ -1,5 +1,7 @@
 """The web page in a real browser: Debian's headless Chromium, driven by Playwright."""
 
+import base64
+import io
 import shutil
 
 import httpx
@@ -8,6 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import Server, kserve_body
+from fmnist.images import from_image_bytes
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -52,6 +55,12 @@ def test_upload_a_test_image_through_the_page(page_server, browser, dataset, tmp
     assert page.get_attribute("#cards .seen", "src").startswith("data:image/png;base64,")
     assert page.evaluate("$('result').getBoundingClientRect().bottom <= window.innerHeight + 1")  # scrolled into view
     page.screenshot(path=str(tmp_path / "upload.png"))
+    page.select_option("#background", "light")  # the same image as if it were a photo on white: negated
+    seen = page.get_attribute("#cards .seen", "src")
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_function(f"document.querySelector('#cards .seen').src !== {seen!r}")
+    negated = base64.b64decode(page.get_attribute("#cards .seen", "src").split(",")[1])
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(negated))), 255 - images[index])
     page.close()
 
 
@@ -64,8 +73,13 @@ def test_draw_on_the_canvas_and_get_a_prediction(page_server, browser, dataset):
     for x, y in [(90, 240), (140, 240), (140, 120), (190, 120), (190, 240), (240, 240)]:
         page.mouse.move(box["x"] + x, box["y"] + y, steps=8)
     page.mouse.up()
+    page.select_option("#background", "dark")  # for files; a drawing is on white whatever its border shows
     page.click("#predict-drawing")
     page.wait_for_selector("#result:not([hidden])")
+    drawing = base64.b64decode(page.evaluate("$('canvas').toDataURL('image/png')").split(",")[1])
+    seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(page.get_attribute("#cards .seen", "src").split(",")[1]))))
+    np.testing.assert_array_equal(seen, from_image_bytes(drawing, "drawing", background="light"))
+    assert not np.array_equal(seen, from_image_bytes(drawing, "drawing", background="dark"))
     assert page.text_content("#cards .top-class") in dataset.class_names
     assert page.text_content("#error") == ""
     page.close()

@@ -109,6 +109,9 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
         raise ValueError("--images and --labels go together (or give --images a folder with a subfolder per class)")
     if arguments.images and arguments.split != "test":
         raise ValueError("--split chooses between the run's own test and validation images; --images gives others")
+    if arguments.background != "auto" and not folder:
+        raise ValueError("--background is for image files, in an --images folder with a subfolder per class; "
+                         "arrays and the dataset's own images are taken as they are")
     ensemble = tuple(arguments.ensemble or ())
     images = labels = output = image_names = None  # the run's test images, results written into the run itself
     if arguments.split == "validation":
@@ -121,7 +124,7 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
         from fmnist import runs  # evaluate_run checks that an ensemble's runs share these classes
 
         class_names = runs.load_class_names(runs.require_run(Path(arguments.run)))
-        images, labels, image_names = load_labelled_folder(arguments.images, class_names)
+        images, labels, image_names = load_labelled_folder(arguments.images, class_names, arguments.background)
         output = evaluation_output(arguments, Path(arguments.images).resolve().name)
     elif arguments.images:
         images = array_to_images(read_array(arguments.images), arguments.images)
@@ -144,7 +147,8 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
 def command_predict(arguments: argparse.Namespace) -> int:
     from fmnist.predict import Predictor
 
-    predictor = Predictor.from_runs([arguments.run, *(arguments.ensemble or ())], top_k=arguments.top, tta=arguments.tta)
+    predictor = Predictor.from_runs([arguments.run, *(arguments.ensemble or ())], top_k=arguments.top, tta=arguments.tta,
+                                    background=arguments.background)  # fmt: skip
     entries = predictor.predict_files(arguments.files)
     if arguments.json:
         print(json.dumps(entries, indent=2))
@@ -237,6 +241,15 @@ def add_ensemble_options(parser: argparse.ArgumentParser) -> None:
                         help="average each image's prediction with its mirror image's (default: as RUN was evaluated)")
 
 
+def add_background_option(parser: argparse.ArgumentParser) -> None:
+    from fmnist.images import BACKGROUNDS  # numpy and Pillow, no Keras
+
+    parser.add_argument("--background", choices=BACKGROUNDS, default="auto",
+                        help="of the image files: auto (default) tells it from each image's border and negates a light "
+                             "one, as the dataset's photos were; light or dark says it for all, where a border misleads "
+                             "(an item that fills the frame). Arrays are taken as they are")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fmnist", description="Train, evaluate and use Fashion-MNIST classifiers.")
     parser.add_argument("--version", action="version", version=f"fmnist {__version__}")
@@ -275,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--split", choices=("test", "validation"), default="test",
                                  help="the test set (default) or the validation images the run held out, "
                                       "on which to compare runs, ensembles and TTA without touching the test set")  # fmt: skip
+    add_background_option(evaluate_parser)
     add_ensemble_options(evaluate_parser)
     evaluate_parser.set_defaults(handler=command_evaluate)
 
@@ -320,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="image files (PNG, JPEG, ...), .npy or IDX arrays, or directories of them")
     predict_parser.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
     predict_parser.add_argument("--top", type=number_in(int, 1), default=3, help="how many classes to show (default: 3)")
+    add_background_option(predict_parser)
     add_ensemble_options(predict_parser)
     predict_parser.set_defaults(handler=command_predict)
     return parser

@@ -9,7 +9,9 @@ Photos follow the Fashion-MNIST paper's conversion of Zalando's product photos (
 light background): trim the background border, scale the longest edge to 28, sharpen, centre
 on a 28x28 canvas, negate so the item is light on black, 8-bit grayscale. Images that already
 have a dark background (e.g. dataset images saved as PNG) are not negated, and a 28x28 one is
-taken as it is. Transparency is flattened onto white, 16-bit and float images are scaled to
+taken as it is. The background is told from the image's border (`background="auto"`); where the
+border misleads (an item that fills the frame, a dataset image with light edges), `"light"` or
+`"dark"` says which it is. Transparency is flattened onto white, 16-bit and float images are scaled to
 8 bits, and EXIF orientation is applied.
 """
 
@@ -25,6 +27,7 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 SIZE = 28
 MAX_PIXELS = 40_000_000  # larger images are refused as possible decompression bombs
 _BACKGROUND_TOLERANCE = 30  # grey levels from the border's median that still count as background
+BACKGROUNDS = ("auto", "light", "dark")  # an image file's background: told from its border, or given
 
 
 class ImageError(ValueError):
@@ -69,10 +72,17 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
-def fashion_mnist_style(gray: np.ndarray, name: str = "image") -> np.ndarray:
+def check_background(background: str) -> str:
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background {background!r}: choose auto (told from the border), light or dark")
+    return background
+
+
+def fashion_mnist_style(gray: np.ndarray, name: str = "image", background: str = "auto") -> np.ndarray:
     """Trim, scale the longest edge to 28, centre, and make the item light on black."""
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if np.median(border) > 127:  # a light background: a product photo or a drawing; negate like the dataset
+    light = np.median(border) > 127 if check_background(background) == "auto" else background == "light"
+    if light:  # a product photo or a drawing on white: negate like the dataset
         gray = 255 - gray
         border = 255 - border
     background = int(np.median(border))
@@ -91,9 +101,10 @@ def fashion_mnist_style(gray: np.ndarray, name: str = "image") -> np.ndarray:
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def from_image_bytes(source: bytes | str | Path, name: str) -> np.ndarray:
+def from_image_bytes(source: bytes | str | Path, name: str, background: str = "auto") -> np.ndarray:
     """(28, 28) uint8 model input from an encoded image (file path or bytes)."""
-    return fashion_mnist_style(to_grayscale(open_image(source, name)), name)
+    check_background(background)  # before the decoding, which can take a while
+    return fashion_mnist_style(to_grayscale(open_image(source, name)), name, background)
 
 
 def array_to_images(array: np.ndarray, name: str) -> np.ndarray:
@@ -152,9 +163,12 @@ def read_array(path: str | Path) -> np.ndarray:
         raise ImageError(str(error)) from None
 
 
-def load_images(path: str | Path) -> np.ndarray:
-    """(n, 28, 28) uint8 from an image file, a .npy file, or an IDX file (.gz or not)."""
-    path = Path(path)
+def load_images(path: str | Path, background: str = "auto") -> np.ndarray:
+    """(n, 28, 28) uint8 from an image file, a .npy file, or an IDX file (.gz or not).
+
+    `background` is an image file's (BACKGROUNDS); arrays are taken as they are.
+    """
+    path, background = Path(path), check_background(background)
     if path.is_dir():  # `fmnist predict` expands directories first, so it brings only empty ones here
         if not files_in(path):
             raise ImageError(f"{path}: a directory with no image (.png, .jpg, ...) or array (.npy, IDX) files in it")
@@ -163,7 +177,7 @@ def load_images(path: str | Path) -> np.ndarray:
         raise ImageError(f"{path}: no such file")
     if is_array_file(path):
         return array_to_images(read_array(path), str(path))
-    return from_image_bytes(path, str(path))[np.newaxis]
+    return from_image_bytes(path, str(path), background)[np.newaxis]
 
 
 def is_idx(path: Path) -> bool:
@@ -180,16 +194,17 @@ def folder_key(name: str) -> str:
     return "".join(character for character in name.lower() if character.isalnum())
 
 
-def load_labelled_folder(directory: str | Path, class_names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def load_labelled_folder(directory: str | Path, class_names: list[str],
+                         background: str = "auto") -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
     """(n, 28, 28) uint8 images, (n,) labels and each image's name, from one subfolder per class.
 
     The layout of Keras' `image_dataset_from_directory` and torchvision's `ImageFolder`: a subfolder is
     named after its class (any case and punctuation: `T-shirt_top`, `tshirt-top`) or its index (`0`..`9`),
     and holds image or array files. Every file must load, so that the figures are on every image given.
     An image's name is its file's path in `directory` (`Shirt/photo.jpg`), with its index for an
-    array file that holds several (`Shirt/scans.npy[3]`).
+    array file that holds several (`Shirt/scans.npy[3]`). `background` is as for `load_images`.
     """
-    directory = Path(directory)
+    directory, background = Path(directory), check_background(background)
     keys = {folder_key(name): index for index, name in enumerate(class_names)}
     keys.update({str(index): index for index in range(len(class_names))})
     folders = sorted(path for path in directory.iterdir() if path.is_dir() and not path.name.startswith("."))
@@ -207,7 +222,7 @@ def load_labelled_folder(directory: str | Path, class_names: list[str]) -> tuple
     for folder in folders:
         for path in files_in(folder):
             try:
-                loaded = load_images(path)
+                loaded = load_images(path, background)
             except ImageError as error:
                 failures.append(str(error))
                 continue

@@ -5,6 +5,7 @@
     predictor.predict_files(["shirt.png", "batch.npy"])
     # [{"path": "shirt.png", "class_index": 6, "class_name": "Shirt", "top": [...]}, ...]
     Predictor.from_runs(["runs/seed0", "runs/seed1"], tta=True)   # an ensemble, with flip TTA
+    Predictor.from_run("runs/baseline", background="light")        # image files on a light background
 
 A file that cannot be read yields {"path": ..., "error": ...} and the others are still
 classified. Array files with several images yield one entry per image, with its "index". A
@@ -20,7 +21,7 @@ import numpy as np
 
 from fmnist import runs
 from fmnist.evaluate import ensemble_logits, softmax
-from fmnist.images import ImageError, files_in, load_images
+from fmnist.images import ImageError, check_background, files_in, load_images
 
 
 def describe(probabilities: np.ndarray, class_names: list[str], top_k: int = 3) -> dict:
@@ -44,21 +45,25 @@ class Predictor:
     class_names: list[str]
     top_k: int = 3
     tta: bool = False  # also predict each image's mirror image and average
+    background: str = "auto"  # of image files: told from each one's border, or "light" or "dark" for all
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, top_k: int = 3, tta: bool | None = None) -> Predictor:
-        return cls.from_runs([run_dir], top_k, tta)
+    def from_run(cls, run_dir: str | Path, top_k: int = 3, tta: bool | None = None, background: str = "auto") -> Predictor:
+        return cls.from_runs([run_dir], top_k, tta, background)
 
     @classmethod
-    def from_runs(cls, run_dirs: list[str | Path], top_k: int = 3, tta: bool | None = None) -> Predictor:
+    def from_runs(cls, run_dirs: list[str | Path], top_k: int = 3, tta: bool | None = None,
+                  background: str = "auto") -> Predictor:  # fmt: skip
         """The runs' models as one classifier; `tta` defaults to what the first run was evaluated with."""
         run_dirs = [Path(run_dir) for run_dir in run_dirs]
         class_names = runs.ensemble_class_names(run_dirs)
-        return cls([runs.load_model(run_dir) for run_dir in run_dirs], class_names, top_k, runs.run_tta(run_dirs[0], tta))
+        models = [runs.load_model(run_dir) for run_dir in run_dirs]
+        return cls(models, class_names, top_k, runs.run_tta(run_dirs[0], tta), background)
 
     def __post_init__(self):
         if self.top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+        check_background(self.background)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(n, classes) softmax probabilities for uint8 images (n, 28, 28)."""
@@ -72,7 +77,7 @@ class Predictor:
         entries, batches = [], []
         for path in expand_directories(paths):
             try:
-                images = load_images(path)
+                images = load_images(path, self.background)
             except ImageError as error:
                 entries.append({"path": str(path), "error": str(error)})
                 continue

@@ -17,13 +17,15 @@ import importlib.resources
 import io
 import json
 import os
+import shutil
 import socket
+import tempfile
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, File, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -32,7 +34,7 @@ from starlette.exceptions import HTTPException
 
 from fmnist import __version__, runs
 from fmnist.engine import MicroBatcher, load_engines
-from fmnist.images import ImageError, from_image_bytes
+from fmnist.images import ImageError, check_background, from_image_bytes
 from fmnist.metrics import ServerMetrics
 from fmnist.payloads import (
     INPUT_NAME,
@@ -203,15 +205,20 @@ def create_app(config: ServeConfig) -> FastAPI:
         return JSONResponse({answer_key: probabilities.tolist()})
 
     @app.post("/predict", summary="Upload image files (multipart field 'files'); top classes for each")
-    async def upload(files: list[UploadFile] = File(..., description="PNG, JPEG or any image Pillow reads")):
+    async def upload(files: list[UploadFile] = File(..., description="PNG, JPEG or any image Pillow reads"),
+                     background: str = Form("auto", description="auto (told from each image's border), light or dark")):
         """Each file gets its prediction, or its own error beside the others' predictions (as `fmnist predict`
         does); the answer is 400 only when no file could be classified."""
+        try:
+            check_background(background)
+        except ValueError as error:
+            raise RequestError(str(error)) from None
         check_batch(len(files), config.max_request_images)
         images, errors = {}, {}
         for position, upload_file in enumerate(files):
             try:  # decoding a large image takes a while: in a thread, so the event loop goes on serving
                 data, name = await upload_file.read(), upload_file.filename or "upload"
-                images[position] = await run_in_threadpool(from_image_bytes, data, name)
+                images[position] = await run_in_threadpool(from_image_bytes, data, name, background)
             except ImageError as error:
                 errors[position] = str(error)
         if not images:
@@ -317,13 +324,22 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"serving {model_name} from {config.run_dir}: open http://{shown_host}:{port}/ in a browser "
           f"(API docs at /docs)", flush=True)  # fmt: skip
-    if workers > 1:
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", _multiprocess_directory())
+    # The workers' metrics meet in files of one folder: a new one for this server, removed when it stops,
+    # unless the user named one (clearing that between runs is then theirs to do, as prometheus_client says)
+    own_folder = None
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_folder = tempfile.mkdtemp(prefix="fmnist-prometheus-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_folder
     if not config.threads:  # share the cores among the workers rather than have each claim them all
         config = dataclasses.replace(config, threads=max(1, (os.cpu_count() or 1) // workers))
     os.environ[CONFIG_VARIABLE] = json.dumps(dataclasses.asdict(config))
-    uvicorn.run("fmnist.serve:app_from_environment", factory=True, host=host, port=port, workers=workers,
-                log_level="warning", access_log=False)  # fmt: skip
+    try:
+        uvicorn.run("fmnist.serve:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                    log_level="warning", access_log=False)  # fmt: skip
+    finally:
+        if own_folder:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+            shutil.rmtree(own_folder, ignore_errors=True)
 
 
 def check_address(host: str, port: int) -> None:
@@ -340,8 +356,3 @@ def check_address(host: str, port: int) -> None:
             raise OSError(error.errno, f"cannot listen on {host}:{port} ({error.strerror}); choose another --port, "
                                        "or stop what is listening there") from None  # fmt: skip
 
-
-def _multiprocess_directory() -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="fmnist-prometheus-")
