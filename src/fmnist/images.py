@@ -85,8 +85,8 @@ def fashion_mnist_style(gray: np.ndarray, name: str = "image", background: str =
     if light:  # a product photo or a drawing on white: negate like the dataset
         gray = 255 - gray
         border = 255 - border
-    background = int(np.median(border))
-    foreground = np.abs(gray.astype(np.int16) - background) > _BACKGROUND_TOLERANCE
+    background_shade = int(np.median(border))
+    foreground = np.abs(gray.astype(np.int16) - background_shade) > _BACKGROUND_TOLERANCE
     if not foreground.any():  # every one of the dataset's 70,000 images has an item by this measure
         raise ImageError(f"{name}: the image is blank (no item stands out from the background)")
     if gray.shape == (SIZE, SIZE):
