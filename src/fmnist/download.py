@@ -14,7 +14,6 @@ replaces the built-in list, e.g. for an internal mirror.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fmnist.data import FILES, DataError, find_file, read_verified
-from fmnist.runs import flush_to_disk
+from fmnist.runs import atomic_path
 
 MIRRORS = (
     "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
@@ -74,15 +73,10 @@ def download_file(
     for mirror in mirrors:
         url = mirror + destination.name
         for attempt in range(1, attempts + 1):
-            handle, temporary_name = tempfile.mkstemp(dir=directory, prefix=f".{destination.name}.", suffix=".part")
-            os.close(handle)
-            temporary = Path(temporary_name)
             try:
-                fetch(url, temporary, timeout)
-                read_verified(temporary, spec)
-                flush_to_disk(temporary)
-                os.replace(temporary, destination)
-                flush_to_disk(directory)
+                with atomic_path(destination) as temporary:  # renamed into place only once verified
+                    fetch(url, temporary, timeout)
+                    read_verified(temporary, spec)
                 return destination
             except urllib.error.HTTPError as error:
                 if error.code not in RETRIED_STATUSES:
@@ -96,8 +90,6 @@ def download_file(
             except (urllib.error.URLError, HTTPException, OSError, TimeoutError) as error:
                 failures.append(f"{url} (attempt {attempt}/{attempts}): {getattr(error, 'reason', error)}")
                 time.sleep(retry_delay * attempt)
-            finally:
-                temporary.unlink(missing_ok=True)
     raise DataError(
         f"could not download {destination.name}:\n  " + "\n  ".join(failures)
         + "\nFix: check the network, set FMNIST_MIRRORS to a reachable mirror, or install the "
