@@ -3,8 +3,9 @@
     fmnist data [--data-dir DIR] [--download] [--grid samples.png|.svg|.pdf]
     fmnist models
     fmnist train [--model baseline] [--epochs 10] [--seed 0] [--run-dir runs/baseline] ...
-    fmnist evaluate RUN [--images FILE --labels FILE | --images FOLDER] [--output DIR] [--ensemble RUN2 ...] [--tta]
-    fmnist predict RUN FILE... [--json] [--top 3] [--ensemble RUN2 ...] [--tta]
+    fmnist evaluate RUN [--images FILE --labels FILE | --images FOLDER [--background auto|light|dark]] [--output DIR]
+                        [--ensemble RUN2 ...] [--tta]
+    fmnist predict RUN FILE... [--json] [--top 3] [--background auto|light|dark] [--ensemble RUN2 ...] [--tta]
     fmnist report RUN
     fmnist compare RUN RUN... [--json]
     fmnist export RUN [--format onnx|saved_model] [--output PATH] [--model-version N]
