@@ -5,6 +5,7 @@ import base64
 import concurrent.futures
 import io
 import json
+import re
 import socket
 import zlib
 
@@ -126,6 +127,8 @@ BAD_JSON_REQUESTS = [
     ("/v1/models/shop/versions/2:predict", json.dumps({"instances": []}).encode(), 404, "has no version '2'"),
     ("/v1/models/other/versions/1:predict", json.dumps({"instances": []}).encode(), 404, "unknown model 'other'"),
     ("/v1/models/shop/versions/1:classify", json.dumps({"instances": []}).encode(), 404, "answers :predict"),
+    ("/v1/models/shop/labels/stable:predict", json.dumps({"instances": []}).encode(), 404,
+     "has no version label 'stable'; its labels: none (fmnist serve --model-label names one)"),  # fmt: skip
 ]
 
 
@@ -141,6 +144,48 @@ def test_bad_json_requests_get_a_clear_4xx(server, path, body, status, message):
 def test_a_server_config_that_could_not_serve_is_refused(setting):
     with pytest.raises(ValueError, match=f"{next(iter(setting))} must be"):
         ServeConfig(run_dir="runs/any", **setting)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"model_version": 0}, "model_version must be at least 1"),
+    ({"model_name": "a:b"}, "model name 'a:b': use letters, digits"),
+    ({"model_name": ""}, "model name '': use letters"),
+    ({"model_labels": ("stable", "new/er")}, "version label 'new/er': use letters"),
+    ({"model_labels": ("2",)}, "a label is a name, not a number"),
+])  # fmt: skip
+def test_a_name_version_or_label_that_would_not_fit_a_path_is_refused(setting, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ServeConfig(run_dir="runs/any", **setting)
+
+
+def test_a_run_served_under_another_name_version_and_labels(served_run, server, dataset):
+    """As TF Serving's --model_name and a version labelled in its config: every path that names them answers alike."""
+    images = dataset.x_test[:3]
+    expected = httpx.post(f"{server.url}/v1/models/shop:predict", json={"instances": images.tolist()}).json()
+    named = Server(served_run, "--engine", "keras", "--model-name", "fmnist", "--model-version", "3",
+                   "--model-label", "stable", "--model-label", "canary")  # fmt: skip
+    try:
+        url = f"{named.url}/v1/models/fmnist"
+        status = httpx.get(url).json()
+        assert status["model_version_status"][0]["version"] == "3"
+        for path in ("/versions/3", "/labels/stable", "/labels/canary"):
+            assert httpx.get(url + path).json() == status, path
+            assert httpx.get(f"{url}{path}/metadata").json() == httpx.get(f"{url}/metadata").json(), path
+            answer = httpx.post(f"{url}{path}:predict", json={"instances": images.tolist()}).json()
+            np.testing.assert_allclose(answer["predictions"], expected["predictions"], atol=1e-6)
+        assert httpx.get(f"{url}/metadata").json()["model_spec"] == {"name": "fmnist", "signature_name": "", "version": "3"}
+        for path, message in [("/versions/1", "has no version '1'; this server serves version 3"),
+                              ("/labels/beta", "has no version label 'beta'; its labels: 'stable', 'canary'")]:  # fmt: skip
+            missing = httpx.get(url + path)
+            assert missing.status_code == 404 and message in missing.json()["error"], path
+        kserve = httpx.post(f"{named.url}/v2/models/fmnist/versions/3/infer", json=kserve_body(images)).json()
+        assert kserve["model_name"] == "fmnist" and kserve["model_version"] == "3"
+        assert httpx.get(f"{named.url}/v2/models/fmnist").json()["versions"] == ["3"]
+        assert httpx.get(f"{named.url}/v2/models/shop").status_code == 404  # the run's own name is not served
+        info = httpx.get(f"{named.url}/info").json()
+        assert (info["model"], info["version"], info["labels"]) == ("fmnist", 3, ["stable", "canary"])
+    finally:
+        named.close()
 
 
 def test_bad_uploads_get_a_clear_4xx(server, dataset):
@@ -210,7 +255,8 @@ def test_two_server_processes_answer_as_one_does_and_are_counted_together(served
     """
     body = kserve_body(dataset.x_test[:4])
     expected = httpx.post(f"{server.url}/v2/models/shop/infer", json=body).json()["outputs"][0]["data"]
-    workers = Server(served_run, "--engine", "keras", "--workers", "2", "--max-body-mb", "1", env={"TMPDIR": str(tmp_path)})
+    workers = Server(served_run, "--engine", "keras", "--workers", "2", "--max-body-mb", "1", "--model-label", "stable",
+                     env={"TMPDIR": str(tmp_path)})  # fmt: skip
     try:
         assert [path.name[:18] for path in tmp_path.iterdir()] == ["fmnist-prometheus-"]
         with concurrent.futures.ThreadPoolExecutor(8) as pool:  # new connections, taken by either process
@@ -222,6 +268,7 @@ def test_two_server_processes_answer_as_one_does_and_are_counted_together(served
         metrics = httpx.get(f"{workers.url}/metrics").text
         assert 'fmnist_requests_total{route="/v2/models/{name}/infer",status="200"} 16.0' in metrics
         assert "fmnist_batch_size_sum 64.0" in metrics  # 16 requests of 4 images, however they were batched
+        assert httpx.get(f"{workers.url}/v1/models/shop/labels/stable").status_code == 200  # a list option got there too
     finally:
         workers.close()
     assert workers.process.returncode == 0 and list(tmp_path.iterdir()) == []  # stopped cleanly, the folder gone

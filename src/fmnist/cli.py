@@ -221,7 +221,8 @@ def command_serve(arguments: argparse.Namespace) -> int:
 
     config = ServeConfig(run_dir=arguments.run, engine=arguments.engine, max_batch=arguments.max_batch,
                          max_delay_ms=arguments.max_delay_ms, max_body_bytes=arguments.max_body_mb * 1024 * 1024,
-                         ensemble=tuple(arguments.ensemble or ()), tta=arguments.tta)  # fmt: skip
+                         ensemble=tuple(arguments.ensemble or ()), tta=arguments.tta, model_name=arguments.model_name,
+                         model_version=arguments.model_version, model_labels=tuple(arguments.model_label or ()))  # fmt: skip
     serve(config, host=arguments.host, port=arguments.port, workers=arguments.workers)
     return 0
 
@@ -326,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--max-batch", type=number_in(int, 1), default=256, help="most images per model call")
     serve_parser.add_argument("--max-delay-ms", type=number_in(float, 0), default=2.0, help="longest wait to fill a batch")
     serve_parser.add_argument("--max-body-mb", type=number_in(int, 1), default=10, help="largest request body (default: 10)")
+    serve_parser.add_argument("--model-name", metavar="NAME", help="the model's name in the API's paths (default: the run "
+                              "directory's name), as TF Serving's --model_name")
+    serve_parser.add_argument("--model-version", type=number_in(int, 1), default=1, metavar="N",
+                              help="the version it is served as (default: 1), e.g. the one `fmnist export --model-version` gave")
+    serve_parser.add_argument("--model-label", action="append", metavar="LABEL",
+                              help="a TF Serving version label for it: /v1/models/NAME/labels/LABEL:predict (repeat for more)")
     add_ensemble_options(serve_parser)
     serve_parser.set_defaults(handler=command_serve)
 

@@ -1,11 +1,13 @@
 """HTTP prediction service for a run: KServe v2, TF Serving REST, image upload, a web page, metrics.
 
     fmnist serve runs/baseline --port 8000            # then open http://127.0.0.1:8000/
+    fmnist serve runs/best --model-name fmnist --model-version 2 --model-label stable
     app = create_app(ServeConfig(run_dir="runs/baseline"))   # the ASGI app, for tests and embedding
 
-The model is served under the run directory's name. Requests from concurrent clients are
-micro-batched (engine.py); ONNX Runtime runs the model when `fmnist export RUN --format onnx`
-has been done, Keras otherwise. Every bad request gets a 4xx with {"error": "..."}.
+The model is served under the run directory's name (or `model_name`) as one version
+(`model_version`, 1 unless given), with TF Serving's version labels if given. Requests from
+concurrent clients are micro-batched (engine.py); ONNX Runtime runs the model when `fmnist
+export RUN --format onnx` has been done, Keras otherwise. Every bad request gets a 4xx with {"error": "..."}.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import importlib.resources
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -48,7 +51,8 @@ from fmnist.payloads import (
 )
 from fmnist.predict import describe
 
-MODEL_VERSION = "1"  # a served run is one model version, in both protocols' paths and answers
+# Model names and version labels go into URL paths, before ":predict" in TF Serving's
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,18 +66,32 @@ class ServeConfig:
     threads: int = 0  # ONNX Runtime threads per server process (0: the cores divided among the workers)
     ensemble: tuple[str, ...] = ()  # other runs whose probabilities are averaged with run_dir's
     tta: bool | None = None  # flip test-time augmentation (None: as run_dir was evaluated)
+    model_name: str | None = None  # the name in both protocols' paths (None: the run directory's name)
+    model_version: int = 1  # the one version served, in both protocols' paths and answers
+    model_labels: tuple[str, ...] = ()  # TF Serving's version labels for it (/v1/models/NAME/labels/LABEL)
 
     def __post_init__(self):
-        for name in ("max_batch", "max_request_images", "max_body_bytes"):
+        for name in ("max_batch", "max_request_images", "max_body_bytes", "model_version"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.max_delay_ms >= 0:  # NaN fails too
             raise ValueError(f"max_delay_ms must be 0 or more, got {self.max_delay_ms}")
+        for what, name in [("model name", self.model_name), *(("version label", label) for label in self.model_labels)]:
+            if name is not None and not NAME_PATTERN.fullmatch(name):
+                raise ValueError(f"{what} {name!r}: use letters, digits, '.', '_' and '-' (it goes into URL paths), "
+                                 "starting with a letter or digit")  # fmt: skip
+        if any(label.isdigit() for label in self.model_labels):
+            raise ValueError(f"version labels {list(self.model_labels)}: a label is a name, not a number (the number is "
+                             "the version itself: --model-version)")  # fmt: skip
+
+    @property
+    def served_name(self) -> str:
+        return self.model_name or Path(self.run_dir).resolve().name
 
 
 def create_app(config: ServeConfig) -> FastAPI:
     run_dir = runs.require_run(config.run_dir)
-    model_name = Path(run_dir).resolve().name
+    model_name, model_version = config.served_name, str(config.model_version)
     run_metrics = runs.read_json(run_dir / runs.METRICS)
     class_names = runs.ensemble_class_names([run_dir, *map(Path, config.ensemble)])
     tta = runs.run_tta(run_dir, config.tta)
@@ -92,12 +110,20 @@ def create_app(config: ServeConfig) -> FastAPI:
     app = FastAPI(title="fmnist", version=__version__, lifespan=lifespan,
                   description=f"Fashion-MNIST classifier `{model_name}` ({engine.platform})")  # fmt: skip
 
-    def require_model(name: str, version: str | None = None) -> None:
+    def require_model(name: str, version: str | None = None, label: str | None = None) -> None:
+        """404 unless the path names the served model, and its version or one of its labels where it names one."""
         if name != model_name:
             raise RequestError(f"unknown model {name!r}; this server serves {model_name!r}", status=404)
-        if version is not None and version != MODEL_VERSION:  # a client that asks for a version by its path
-            raise RequestError(f"model {name!r} has no version {version!r}; this server serves version {MODEL_VERSION}",
+        if version is not None and version != model_version:  # a client that asks for a version by its path
+            raise RequestError(f"model {name!r} has no version {version!r}; this server serves version {model_version}",
                                status=404)  # fmt: skip
+        if label is not None and label not in config.model_labels:
+            labels = ", ".join(map(repr, config.model_labels)) or "none (fmnist serve --model-label names one)"
+            raise RequestError(f"model {name!r} has no version label {label!r}; its labels: {labels}", status=404)
+
+    def require_path(request: Request) -> None:
+        parameters = request.path_params
+        require_model(parameters["name"], parameters.get("version"), parameters.get("label"))
 
     app.add_middleware(LimitAndMeasure, max_body_bytes=config.max_body_bytes, metrics=metrics)
 
@@ -122,7 +148,8 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.get("/info", summary="The served model: name, engine, classes, test accuracy (of the first run)")
     async def info():
-        return {"model": model_name, "architecture": run_metrics["model"], "platform": engine.platform,
+        return {"model": model_name, "version": config.model_version, "labels": list(config.model_labels),
+                "architecture": run_metrics["model"], "platform": engine.platform,
                 "test_accuracy": run_metrics["test_accuracy"], "class_names": class_names,
                 "ensemble": [str(run_dir), *config.ensemble], "tta": tta}  # fmt: skip
 
@@ -138,29 +165,30 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def server_metadata():
         return {"name": "fmnist", "version": __version__, "extensions": []}
 
-    # Each model route also answers under .../versions/1/... (both protocols' optional version in the path);
-    # the handlers read the version from the path, so that it is no query parameter of the plain routes.
+    # Each model route also answers under .../versions/N/... (both protocols' optional version in the path),
+    # and TF Serving's under .../labels/LABEL/... too; the handlers read these from the path, so that they
+    # are no query parameters of the plain routes.
     @app.get("/v2/models/{name}", summary="KServe v2: model metadata")
     @app.get("/v2/models/{name}/versions/{version}", summary="KServe v2: model metadata of a version")
     async def model_metadata(name: str, request: Request):
-        require_model(name, request.path_params.get("version"))
-        return {"name": model_name, "versions": [MODEL_VERSION], "platform": engine.platform,
+        require_path(request)
+        return {"name": model_name, "versions": [model_version], "platform": engine.platform,
                 "inputs": [{"name": INPUT_NAME, "datatype": "UINT8", "shape": input_shape}],
                 "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": output_shape}]}  # fmt: skip
 
     @app.get("/v2/models/{name}/ready", summary="KServe v2: model readiness")
     @app.get("/v2/models/{name}/versions/{version}/ready", summary="KServe v2: readiness of a version")
     async def model_ready(name: str, request: Request):
-        require_model(name, request.path_params.get("version"))
+        require_path(request)
         return {"name": model_name, "ready": True}
 
     @app.post("/v2/models/{name}/infer", summary="KServe v2: inference on a UINT8 [n, 28, 28] tensor")
     @app.post("/v2/models/{name}/versions/{version}/infer", summary="KServe v2: inference by a version")
     async def infer(name: str, request: Request):
-        require_model(name, request.path_params.get("version"))
+        require_path(request)
         body = parse_json(await request.body())
         probabilities = await batcher.submit(kserve_images(body, config.max_request_images))
-        response = {"model_name": model_name, "model_version": MODEL_VERSION,
+        response = {"model_name": model_name, "model_version": model_version,
                     "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(probabilities.shape),
                                  "data": probabilities.ravel().tolist()}]}  # fmt: skip
         if "id" in body:
@@ -169,30 +197,35 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.get("/v1/models/{name}", summary="TF Serving REST: model status")
     @app.get("/v1/models/{name}/versions/{version}", summary="TF Serving REST: status of a version")
+    @app.get("/v1/models/{name}/labels/{label}", summary="TF Serving REST: status of a labelled version")
     async def model_status(name: str, request: Request):
-        require_model(name, request.path_params.get("version"))
-        return {"model_version_status": [{"version": MODEL_VERSION, "state": "AVAILABLE",
+        require_path(request)
+        return {"model_version_status": [{"version": model_version, "state": "AVAILABLE",
                                           "status": {"error_code": "OK", "error_message": ""}}]}  # fmt: skip
 
     @app.get("/v1/models/{name}/metadata", summary="TF Serving REST: model metadata (the serving signature)")
     @app.get("/v1/models/{name}/versions/{version}/metadata", summary="TF Serving REST: metadata of a version")
+    @app.get("/v1/models/{name}/labels/{label}/metadata", summary="TF Serving REST: metadata of a labelled version")
     async def tf_serving_metadata(name: str, request: Request):
-        require_model(name, request.path_params.get("version"))
+        require_path(request)
         signature = {"inputs": {INPUT_NAME: tensor_info("DT_UINT8", input_shape, f"serving_default_{INPUT_NAME}:0")},
                      "outputs": {OUTPUT_NAME: tensor_info("DT_FLOAT", output_shape, "StatefulPartitionedCall:0")},
                      "method_name": "tensorflow/serving/predict"}  # fmt: skip
-        return {"model_spec": {"name": model_name, "signature_name": "", "version": MODEL_VERSION},
+        return {"model_spec": {"name": model_name, "signature_name": "", "version": model_version},
                 "metadata": {"signature_def": {"@type": "type.googleapis.com/tensorflow.serving.SignatureDefMap",
                                                "signature_def": {"serving_default": signature}}}}  # fmt: skip
 
     @app.post("/v1/models/{target}", summary="TF Serving REST: POST /v1/models/NAME:predict")
-    @app.post("/v1/models/{name}/versions/{target}", summary="TF Serving REST: POST /v1/models/NAME/versions/1:predict")
+    @app.post("/v1/models/{name}/versions/{target}", summary="TF Serving REST: POST /v1/models/NAME/versions/N:predict")
+    @app.post("/v1/models/{name}/labels/{target}", summary="TF Serving REST: POST /v1/models/NAME/labels/LABEL:predict")
     async def tf_serving_predict(target: str, request: Request):
-        prefix, _, verb = target.partition(":")  # NAME:predict, or VERSION:predict after the name
-        if "name" in request.path_params:
-            require_model(request.path_params["name"], prefix)
-        else:
+        prefix, _, verb = target.partition(":")  # NAME:predict, or VERSION:predict or LABEL:predict after the name
+        if "name" not in request.path_params:
             require_model(prefix)
+        elif request.scope["route"].path.startswith("/v1/models/{name}/labels/"):
+            require_model(request.path_params["name"], label=prefix)
+        else:
+            require_model(request.path_params["name"], prefix)
         if verb != "predict":
             raise RequestError(f"unsupported verb {verb!r}; this server answers :predict", status=404)
         instances, answer_key = tf_serving_instances(parse_json(await request.body()))
@@ -310,7 +343,7 @@ CONFIG_VARIABLE = "FMNIST_SERVE_CONFIG"
 def app_from_environment() -> FastAPI:
     """The factory uvicorn's worker processes call: the config travels in an environment variable."""
     values = json.loads(os.environ[CONFIG_VARIABLE])
-    return create_app(ServeConfig(**values | {"ensemble": tuple(values.get("ensemble", ()))}))
+    return create_app(ServeConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}))
 
 
 def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
@@ -320,10 +353,9 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     check_address(host, port)
-    model_name = Path(config.run_dir).resolve().name
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    print(f"serving {model_name} from {config.run_dir}: open http://{shown_host}:{port}/ in a browser "
-          f"(API docs at /docs)", flush=True)  # fmt: skip
+    print(f"serving {config.served_name} version {config.model_version} from {config.run_dir}: "
+          f"open http://{shown_host}:{port}/ in a browser (API docs at /docs)", flush=True)  # fmt: skip
     # The workers' metrics meet in files of one folder: a new one for this server, removed when it stops,
     # unless the user named one (clearing that between runs is then theirs to do, as prometheus_client says)
     own_folder = None
