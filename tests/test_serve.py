@@ -7,6 +7,8 @@ import io
 import json
 import re
 import socket
+import subprocess
+import sys
 import zlib
 
 import httpx
@@ -414,6 +416,34 @@ def test_onnx_export_of_a_model_with_augmentation_leaves_it_out(tmp_path):
     images = np.random.default_rng(4).integers(0, 256, size=(16, 28, 28), dtype=np.uint8)
     run_exported = write_onnx(with_softmax(model), tmp_path / "model.onnx")  # random ops here would fail to load
     np.testing.assert_allclose(run_exported(images), softmax(predict_logits(model, images)), atol=1e-6)
+
+
+# `fmnist predict` in this process, reporting afterwards which of the two slow imports it made
+PREDICT_AND_LIST_IMPORTS = """
+import sys
+from fmnist.cli import main
+status = main(sys.argv[1:])
+print(sorted(name for name in sys.modules if name in ("tensorflow", "keras")), file=sys.stderr)
+sys.exit(status)
+"""
+
+
+def test_predict_runs_an_onnx_export_without_importing_tensorflow(served_run, dataset, real_data_dir, tmp_path):
+    """As the server does: ONNX Runtime where the run has an ONNX export, so the command starts in a fraction of the time."""
+    if not (served_run / "export" / "model.onnx").exists():
+        run_cli("export", str(served_run), "--format", "onnx", "--data-dir", str(real_data_dir))
+    np.save(tmp_path / "x.npy", dataset.x_test[:1500])  # more than one batch of ONNX Runtime's
+    arguments = ["predict", str(served_run), str(tmp_path / "x.npy"), "--json", "--top", "10"]
+    result = subprocess.run([sys.executable, "-c", PREDICT_AND_LIST_IMPORTS, *arguments], capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[-1] == "[]"  # neither TensorFlow nor Keras was imported
+    by_keras = json.loads(run_cli(*arguments, "--engine", "keras").stdout)
+    for onnx_entry, keras_entry in zip(json.loads(result.stdout), by_keras, strict=True):
+        assert onnx_entry["class_index"] == keras_entry["class_index"]
+        onnx_top, keras_top = ({top["class_name"]: top["probability"] for top in entry["top"]}
+                               for entry in (onnx_entry, keras_entry))  # fmt: skip
+        assert max(abs(onnx_top[name] - keras_top[name]) for name in keras_top) <= 1e-5
 
 
 def test_onnx_server_matches_keras_server(served_run, server, dataset, real_data_dir):

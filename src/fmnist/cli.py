@@ -6,13 +6,16 @@
     fmnist evaluate RUN [--images FILE --labels FILE | --images FOLDER [--background auto|light|dark]] [--output DIR]
                         [--ensemble RUN2 ...] [--tta]
     fmnist predict RUN FILE... [--json] [--top 3] [--background auto|light|dark] [--ensemble RUN2 ...] [--tta]
+                       [--engine auto|onnx|keras]
     fmnist report RUN
     fmnist compare RUN RUN... [--json]
     fmnist export RUN [--format onnx|saved_model] [--output PATH] [--model-version N]
     fmnist serve RUN [--host 127.0.0.1] [--port 8000] [--workers 1] [--ensemble RUN2 ...] [--tta]
+                     [--engine auto|onnx|keras] [--model-name NAME] [--model-version 1] [--model-label LABEL ...]
 
 Keras (and its backend) is imported only by the commands that need it, after `--backend`
-has been applied, so `--help` and `fmnist data` start quickly.
+has been applied, so `--help`, `fmnist data` and `fmnist predict` on a run with an ONNX export
+start quickly.
 """
 
 from __future__ import annotations
@@ -149,7 +152,7 @@ def command_predict(arguments: argparse.Namespace) -> int:
     from fmnist.predict import Predictor
 
     predictor = Predictor.from_runs([arguments.run, *(arguments.ensemble or ())], top_k=arguments.top, tta=arguments.tta,
-                                    background=arguments.background)  # fmt: skip
+                                    background=arguments.background, engine=arguments.engine)  # fmt: skip
     entries = predictor.predict_files(arguments.files)
     if arguments.json:
         print(json.dumps(entries, indent=2))
@@ -243,6 +246,11 @@ def add_ensemble_options(parser: argparse.ArgumentParser) -> None:
                         help="average each image's prediction with its mirror image's (default: as RUN was evaluated)")
 
 
+def add_engine_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=("auto", "onnx", "keras"), default="auto",
+                        help="auto (default): ONNX Runtime for a run with an ONNX export (`fmnist export RUN`), else Keras")
+
+
 def add_background_option(parser: argparse.ArgumentParser) -> None:
     from fmnist.images import BACKGROUNDS  # numpy and Pillow, no Keras
 
@@ -322,8 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve_parser.add_argument("--port", type=number_in(int, 1, 65535), default=8000, help="port (default: 8000)")
     serve_parser.add_argument("--workers", type=number_in(int, 1), default=1, help="server processes (default: 1)")
-    serve_parser.add_argument("--engine", choices=("auto", "onnx", "keras"), default="auto",
-                              help="auto: ONNX Runtime when the run has an ONNX export, else Keras")
+    add_engine_option(serve_parser)
     serve_parser.add_argument("--max-batch", type=number_in(int, 1), default=256, help="most images per model call")
     serve_parser.add_argument("--max-delay-ms", type=number_in(float, 0), default=2.0, help="longest wait to fill a batch")
     serve_parser.add_argument("--max-body-mb", type=number_in(int, 1), default=10, help="largest request body (default: 10)")
@@ -344,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("--top", type=number_in(int, 1), default=3, help="how many classes to show (default: 3)")
     add_background_option(predict_parser)
     add_ensemble_options(predict_parser)
+    add_engine_option(predict_parser)
     predict_parser.set_defaults(handler=command_predict)
     return parser
 

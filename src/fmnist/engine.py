@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fmnist import runs
-from fmnist.evaluate import mirror, predict_logits, softmax
+from fmnist.evaluate import PREDICT_BATCH_SIZE, mirror, predict_logits, softmax
 from fmnist.export import EXPORT_DIR, ONNX_FILE, onnx_session, run_onnx
 
 
@@ -42,7 +42,12 @@ class OnnxEngine:
     platform: str = "onnxruntime_onnx"
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        return run_onnx(self.session, np.ascontiguousarray(images, dtype=np.uint8))
+        # in batches, as Keras' engine predicts: one call on a large array would hold its activations all at once
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        if len(images) <= PREDICT_BATCH_SIZE:
+            return run_onnx(self.session, images)
+        return np.concatenate([run_onnx(self.session, images[start : start + PREDICT_BATCH_SIZE])
+                               for start in range(0, len(images), PREDICT_BATCH_SIZE)])  # fmt: skip
 
 
 @dataclasses.dataclass

@@ -16,9 +16,11 @@ import functools
 from pathlib import Path
 
 import numpy as np
-from sklearn import metrics as sk_metrics
 
-from fmnist import plots, runs
+from fmnist import runs
+
+# scikit-learn and matplotlib (fmnist.plots) are imported where used: `fmnist predict` and the server
+# need this module's helpers but neither library, and the two take about 2 s to import here
 
 PREDICT_BATCH_SIZE = 1024
 TEST_PREDICTIONS = "test_predictions.npz"  # logits (n, 10) and labels (n,) of the test set
@@ -97,11 +99,15 @@ class ClassificationResults:
 
     def confusion_matrix(self, normalize: str | None = None) -> np.ndarray:
         """Rows = true class, columns = predicted; normalize="true" puts recall on the diagonal."""
+        from sklearn import metrics as sk_metrics
+
         return sk_metrics.confusion_matrix(
             self.labels, self.predictions, labels=range(len(self.class_names)), normalize=normalize
         )
 
     def classification_report(self, as_dict: bool = False):
+        from sklearn import metrics as sk_metrics
+
         return sk_metrics.classification_report(
             self.labels, self.predictions, labels=range(len(self.class_names)),
             target_names=list(self.class_names), digits=4, output_dict=as_dict, zero_division=0,
@@ -118,6 +124,8 @@ def evaluate_model(model, images: np.ndarray, labels: np.ndarray, class_names, t
 
 def write_results(results: ClassificationResults, output_dir: Path, title: str) -> None:
     """Confusion matrices (CSV + PNG) and the per-class report, into `output_dir`."""
+    from fmnist import plots
+
     names = list(results.class_names)
     header = "true\\predicted," + ",".join(names) + "\n"
     for normalize, name, number_format in ((None, "confusion_matrix", "{:d}"), ("true", "confusion_matrix_normalized", "{:.4f}")):

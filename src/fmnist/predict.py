@@ -6,10 +6,13 @@
     # [{"path": "shirt.png", "class_index": 6, "class_name": "Shirt", "top": [...]}, ...]
     Predictor.from_runs(["runs/seed0", "runs/seed1"], tta=True)   # an ensemble, with flip TTA
     Predictor.from_run("runs/baseline", background="light")        # image files on a light background
+    Predictor.from_run("runs/baseline", engine="keras")            # Keras even where an ONNX export exists
 
 A file that cannot be read yields {"path": ..., "error": ...} and the others are still
 classified. Array files with several images yield one entry per image, with its "index". A
-directory stands for the image and array files directly in it, in name order.
+directory stands for the image and array files directly in it, in name order. As `fmnist serve`,
+a run with an ONNX export (`fmnist export RUN`) is run by ONNX Runtime, which starts in a fraction
+of the time TensorFlow takes to import; the two agree within 1e-5.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fmnist import runs
-from fmnist.evaluate import ensemble_logits, softmax
+from fmnist.engine import load_engines
 from fmnist.images import ImageError, check_background, files_in, load_images
 
 
@@ -41,24 +44,26 @@ def expand_directories(paths: list[str | Path]) -> list[Path]:
 
 @dataclasses.dataclass
 class Predictor:
-    models: list  # one model, or several whose probabilities are averaged (an ensemble)
+    engine: object  # engine.py's: one run's model, or several runs' and/or flip TTA, averaged
     class_names: list[str]
     top_k: int = 3
-    tta: bool = False  # also predict each image's mirror image and average
     background: str = "auto"  # of image files: told from each one's border, or "light" or "dark" for all
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, top_k: int = 3, tta: bool | None = None, background: str = "auto") -> Predictor:
-        return cls.from_runs([run_dir], top_k, tta, background)
+    def from_run(cls, run_dir: str | Path, top_k: int = 3, tta: bool | None = None, background: str = "auto",
+                 engine: str = "auto") -> Predictor:  # fmt: skip
+        return cls.from_runs([run_dir], top_k, tta, background, engine)
 
     @classmethod
-    def from_runs(cls, run_dirs: list[str | Path], top_k: int = 3, tta: bool | None = None,
-                  background: str = "auto") -> Predictor:  # fmt: skip
-        """The runs' models as one classifier; `tta` defaults to what the first run was evaluated with."""
+    def from_runs(cls, run_dirs: list[str | Path], top_k: int = 3, tta: bool | None = None, background: str = "auto",
+                  engine: str = "auto") -> Predictor:  # fmt: skip
+        """The runs' models as one classifier; `tta` defaults to what the first run was evaluated with.
+
+        `engine`: "auto" (ONNX Runtime for each run with an ONNX export, Keras for the others), "onnx" or "keras".
+        """
         run_dirs = [Path(run_dir) for run_dir in run_dirs]
         class_names = runs.ensemble_class_names(run_dirs)
-        models = [runs.load_model(run_dir) for run_dir in run_dirs]
-        return cls(models, class_names, top_k, runs.run_tta(run_dirs[0], tta), background)
+        return cls(load_engines(run_dirs, engine, tta=runs.run_tta(run_dirs[0], tta)), class_names, top_k, background)
 
     def __post_init__(self):
         if self.top_k < 1:
@@ -67,7 +72,7 @@ class Predictor:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(n, classes) softmax probabilities for uint8 images (n, 28, 28)."""
-        return softmax(ensemble_logits(self.models, images, self.tta))
+        return self.engine.probabilities(images)
 
     def describe(self, probabilities: np.ndarray) -> dict:
         return describe(probabilities, self.class_names, self.top_k)
