@@ -6,6 +6,7 @@ import concurrent.futures
 import io
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import Server, kserve_body, png_bytes, run_cli
+from conftest import Server, free_port, kserve_body, png_bytes, run_cli
 from fmnist.engine import MicroBatcher, load_engine
 from fmnist.serve import ServeConfig
 
@@ -428,10 +429,17 @@ sys.exit(status)
 """
 
 
-def test_predict_runs_an_onnx_export_without_importing_tensorflow(served_run, dataset, real_data_dir, tmp_path):
-    """As the server does: ONNX Runtime where the run has an ONNX export, so the command starts in a fraction of the time."""
+@pytest.fixture
+def onnx_run(served_run, real_data_dir):
+    """The served run with its ONNX export, made here unless an earlier test made it."""
     if not (served_run / "export" / "model.onnx").exists():
         run_cli("export", str(served_run), "--format", "onnx", "--data-dir", str(real_data_dir))
+    return served_run
+
+
+def test_predict_runs_an_onnx_export_without_importing_tensorflow(onnx_run, dataset, tmp_path):
+    """As the server does: ONNX Runtime where the run has an ONNX export, so the command starts in a fraction of the time."""
+    served_run = onnx_run
     np.save(tmp_path / "x.npy", dataset.x_test[:1500])  # more than one batch of ONNX Runtime's
     arguments = ["predict", str(served_run), str(tmp_path / "x.npy"), "--json", "--top", "10"]
     result = subprocess.run([sys.executable, "-c", PREDICT_AND_LIST_IMPORTS, *arguments], capture_output=True, text=True,
@@ -446,10 +454,22 @@ def test_predict_runs_an_onnx_export_without_importing_tensorflow(served_run, da
         assert max(abs(onnx_top[name] - keras_top[name]) for name in keras_top) <= 1e-5
 
 
-def test_onnx_server_matches_keras_server(served_run, server, dataset, real_data_dir):
-    run_dir = served_run
-    if not (run_dir / "export" / "model.onnx").exists():
-        run_cli("export", str(run_dir), "--format", "onnx", "--data-dir", str(real_data_dir))
+def test_a_corrupt_onnx_export_stops_predict_and_serve_with_the_fix(onnx_run, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(onnx_run, broken)
+    exported = broken / "export" / "model.onnx"
+    exported.write_bytes(exported.read_bytes()[:5000])  # cut short, as by a full disk or an interrupted copy
+    (tmp_path / "x.npy").write_bytes(b"")
+    for command in (["predict", str(broken), str(tmp_path / "x.npy")], ["serve", str(broken), "--port", str(free_port())]):
+        result = run_cli(*command, check=False, timeout=60)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert f"{exported} could not be loaded" in result.stderr and "INVALID_PROTOBUF" in result.stderr
+        assert "fmnist export" in result.stderr and "--engine keras" in result.stderr
+        assert "serving" not in result.stdout  # no address announced that would answer nothing
+
+
+def test_onnx_server_matches_keras_server(onnx_run, server, dataset):
+    run_dir = onnx_run
     onnx_server = Server(run_dir)  # "auto" picks ONNX Runtime now that the export exists
     try:
         body = kserve_body(dataset.x_test[:32])

@@ -79,7 +79,12 @@ def load_engine(run_dir: str | Path, engine: str = "auto", threads: int | None =
     if engine == "onnx" or (engine == "auto" and onnx_path.exists()):
         if not onnx_path.exists():
             raise runs.RunError(f"{onnx_path} is missing; run `fmnist export {run_dir} --format onnx` first")
-        return OnnxEngine(onnx_session(onnx_path, threads or os.cpu_count()))
+        try:
+            session = onnx_session(onnx_path, threads or os.cpu_count())
+        except Exception as error:  # ONNX Runtime's errors (InvalidProtobuf, Fail, ...) share no other base class
+            raise runs.RunError(f"{onnx_path} could not be loaded ({str(error).strip()}); export it again with `fmnist "
+                                f"export {run_dir} --format onnx`, or use Keras with --engine keras") from None  # fmt: skip
+        return OnnxEngine(session)
     return KerasEngine(runs.load_model(run_dir))
 
 

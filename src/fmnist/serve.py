@@ -353,6 +353,11 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     check_address(host, port)
+    if not config.threads:  # share the cores among the workers rather than have each claim them all
+        config = dataclasses.replace(config, threads=max(1, (os.cpu_count() or 1) // workers))
+    # One process builds its app before the address is announced, so that a model or an export that cannot be
+    # loaded stops the command with its error; each of several workers builds its own (the factory, below).
+    app = create_app(config) if workers == 1 else "fmnist.serve:app_from_environment"
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"serving {config.served_name} version {config.model_version} from {config.run_dir}: "
           f"open http://{shown_host}:{port}/ in a browser (API docs at /docs)", flush=True)  # fmt: skip
@@ -362,12 +367,10 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         own_folder = tempfile.mkdtemp(prefix="fmnist-prometheus-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_folder
-    if not config.threads:  # share the cores among the workers rather than have each claim them all
-        config = dataclasses.replace(config, threads=max(1, (os.cpu_count() or 1) // workers))
     os.environ[CONFIG_VARIABLE] = json.dumps(dataclasses.asdict(config))
     try:
-        uvicorn.run("fmnist.serve:app_from_environment", factory=True, host=host, port=port, workers=workers,
-                    log_level="warning", access_log=False)  # fmt: skip
+        uvicorn.run(app, factory=workers > 1, host=host, port=port, workers=workers, log_level="warning",
+                    access_log=False)  # fmt: skip
     finally:
         if own_folder:
             del os.environ["PROMETHEUS_MULTIPROC_DIR"]
