@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from contextlib import asynccontextmanager
@@ -338,12 +339,28 @@ def png_data_uri(image) -> str:
 
 
 CONFIG_VARIABLE = "FMNIST_SERVE_CONFIG"
+STARTUP_ERROR_VARIABLE = "FMNIST_SERVE_STARTUP_ERROR"  # the file where a worker that cannot start says why
 
 
 def app_from_environment() -> FastAPI:
-    """The factory uvicorn's worker processes call: the config travels in an environment variable."""
+    """The factory uvicorn's worker processes call: the config travels in an environment variable.
+
+    A worker that cannot build its app (a model or an export that cannot be loaded) writes why for
+    `serve` to report, and exits with uvicorn's startup-failure status, which stops the server: with
+    any other, uvicorn would start it again, and it would fail again, forever.
+    """
+    import uvicorn.server
+
     values = json.loads(os.environ[CONFIG_VARIABLE])
-    return create_app(ServeConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}))
+    try:
+        return create_app(ServeConfig(**{key: tuple(value) if isinstance(value, list) else value
+                                         for key, value in values.items()}))  # fmt: skip
+    except Exception as error:
+        if STARTUP_ERROR_VARIABLE in os.environ:  # set by `serve`, which reports it
+            runs.write_text(Path(os.environ[STARTUP_ERROR_VARIABLE]), str(error))
+        else:
+            print(f"fmnist: a server worker could not start: {error}", file=sys.stderr)
+        sys.exit(uvicorn.server.STARTUP_FAILURE)
 
 
 def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
@@ -361,17 +378,24 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"serving {config.served_name} version {config.model_version} from {config.run_dir}: "
           f"open http://{shown_host}:{port}/ in a browser (API docs at /docs)", flush=True)  # fmt: skip
-    # The workers' metrics meet in files of one folder: a new one for this server, removed when it stops,
-    # unless the user named one (clearing that between runs is then theirs to do, as prometheus_client says)
-    own_folder = None
-    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        own_folder = tempfile.mkdtemp(prefix="fmnist-prometheus-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_folder
+    own_folder = startup_error = None
+    if workers > 1:
+        # The workers' metrics meet in files of one folder: a new one for this server, removed when it stops,
+        # unless the user named one (clearing that between runs is then theirs to do, as prometheus_client says)
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            own_folder = tempfile.mkdtemp(prefix="fmnist-prometheus-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_folder
+        startup_error = Path(tempfile.mkdtemp(prefix="fmnist-serve-")) / "startup-error.txt"
+        os.environ[STARTUP_ERROR_VARIABLE] = str(startup_error)
     os.environ[CONFIG_VARIABLE] = json.dumps(dataclasses.asdict(config))
     try:
         uvicorn.run(app, factory=workers > 1, host=host, port=port, workers=workers, log_level="warning",
                     access_log=False)  # fmt: skip
+        if startup_error and startup_error.exists():
+            raise runs.RunError(f"the server stopped: a worker could not start: {startup_error.read_text()}")
     finally:
+        if startup_error:
+            shutil.rmtree(startup_error.parent, ignore_errors=True)
         if own_folder:
             del os.environ["PROMETHEUS_MULTIPROC_DIR"]
             shutil.rmtree(own_folder, ignore_errors=True)
