@@ -312,9 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare_parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown tables")
     compare_parser.set_defaults(handler=command_compare)
 
+    from fmnist.export import FORMATS  # numpy only: Keras and ONNX Runtime are imported where used
+
     export_parser = commands.add_parser("export", help="export the model (ONNX, SavedModel) with a parity check")
     export_parser.add_argument("run", help="run directory")
-    export_parser.add_argument("--format", choices=("onnx", "saved_model"), default="onnx",
+    export_parser.add_argument("--format", choices=FORMATS, default="onnx",
                                help="onnx (default; ONNX Runtime, and `fmnist serve` uses it) or saved_model (TF Serving)")
     export_parser.add_argument("--output", metavar="PATH",
                                help="the ONNX file (default: RUN/export/model.onnx), or the SavedModel's model base path, "
