@@ -440,9 +440,8 @@ def onnx_run(served_run, real_data_dir):
 
 def test_predict_runs_an_onnx_export_without_importing_tensorflow(onnx_run, dataset, tmp_path):
     """As the server does: ONNX Runtime where the run has an ONNX export, so the command starts in a fraction of the time."""
-    served_run = onnx_run
     np.save(tmp_path / "x.npy", dataset.x_test[:1500])  # more than one batch of ONNX Runtime's
-    arguments = ["predict", str(served_run), str(tmp_path / "x.npy"), "--json", "--top", "10"]
+    arguments = ["predict", str(onnx_run), str(tmp_path / "x.npy"), "--json", "--top", "10"]
     result = subprocess.run([sys.executable, "-c", PREDICT_AND_LIST_IMPORTS, *arguments], capture_output=True, text=True,
                             timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -474,8 +473,7 @@ def test_a_corrupt_onnx_export_stops_predict_and_serve_with_the_fix(onnx_run, tm
 
 
 def test_onnx_server_matches_keras_server(onnx_run, server, dataset):
-    run_dir = onnx_run
-    onnx_server = Server(run_dir)  # "auto" picks ONNX Runtime now that the export exists
+    onnx_server = Server(onnx_run)  # "auto" picks ONNX Runtime now that the export exists
     try:
         body = kserve_body(dataset.x_test[:32])
         metadata = httpx.get(f"{onnx_server.url}/v2/models/shop").json()
