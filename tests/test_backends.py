@@ -88,6 +88,30 @@ def test_torch_convolutions_take_keras_layout_without_a_copy():
     assert "same results, no copy" in run_on_torch(LAYOUT_CHECK).stdout
 
 
+# Inference records no operations for a backward pass on PyTorch (it did, and ran 25-45% slower for it).
+NO_GRADIENT_CHECK = textwrap.dedent("""
+    import keras, numpy, torch
+    from fmnist.evaluate import predict_logits
+    recording = []
+
+    class Probe(keras.layers.Layer):
+        def call(self, inputs):
+            recording.append(torch.is_grad_enabled())
+            return inputs
+
+    model = keras.Sequential([keras.Input((28, 28)), Probe(), keras.layers.Flatten(), keras.layers.Dense(10)])
+    recording.clear()  # building the model called the layer too
+    logits = predict_logits(model, numpy.zeros((3, 28, 28), numpy.float32), tta=True)
+    assert logits.shape == (3, 10) and recording and not any(recording), recording
+    assert torch.is_grad_enabled()  # and training records again afterwards
+    print("no gradients recorded")
+""")
+
+
+def test_inference_on_the_torch_backend_records_no_gradients():
+    assert "no gradients recorded" in run_on_torch(NO_GRADIENT_CHECK).stdout
+
+
 # torch.compile on Keras' layers: PyTorch 2.13 marked the shapes dynamic and its inductor failed ("cannot determine
 # truth value of Relational") on the first fit; fmnist.recipe.jit_compile keeps them static.
 JIT_CHECK = textwrap.dedent("""

@@ -11,6 +11,7 @@ per-image losses are computed once from them, and the views are cheap methods
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from pathlib import Path
@@ -41,15 +42,32 @@ def predict_logits(model, images: np.ndarray, batch_size: int = PREDICT_BATCH_SI
     """
     import keras
 
-    batches = [  # convert_to_numpy: a PyTorch tensor that tracks gradients refuses np.asarray
-        keras.ops.convert_to_numpy(model(images[start : start + batch_size], training=False)).astype(np.float64)
-        for start in range(0, len(images), batch_size)
-    ]
+    with without_gradients():
+        batches = [
+            keras.ops.convert_to_numpy(model(images[start : start + batch_size], training=False)).astype(np.float64)
+            for start in range(0, len(images), batch_size)
+        ]
     logits = np.concatenate(batches) if batches else np.zeros((0, model.output_shape[-1]))
     if not tta:
         return logits
     mirrored = predict_logits(model, mirror(images), batch_size)
     return log_mean_probabilities([logits, mirrored])
+
+
+def without_gradients():
+    """A context in which the backend records nothing for a backward pass, as Keras' own `predict` runs.
+
+    PyTorch records every operation on a model's weights unless told not to: inference with `model(x)` ran
+    25-45% slower here with it (10,000 images through `compact`). TensorFlow and JAX record only inside a tape or
+    a `grad`, so they need nothing.
+    """
+    import keras
+
+    if keras.backend.backend() != "torch":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.no_grad()
 
 
 def mirror(images: np.ndarray) -> np.ndarray:
