@@ -20,7 +20,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 @pytest.fixture(scope="module")
 def page_server(served_run):
-    server = Server(served_run, "--engine", "keras")
+    server = Server(served_run, "--engine", "keras", "--model-version", "3", "--model-label", "stable")
     yield server
     server.close()
 
@@ -47,6 +47,8 @@ def test_upload_a_test_image_through_the_page(page_server, browser, dataset, tmp
     page.goto(page_server.url + "/")
     page.wait_for_function("document.getElementById('model-name').textContent === 'shop'")
     assert "%" in page.text_content("#model-accuracy")
+    assert page.text_content("#model-version") == " version 3 (stable)"
+    assert page.text_content("#model-platform") == "baseline, keras"
     page.set_input_files("#file-input", str(path))
     page.wait_for_selector("#result:not([hidden])")
     assert page.text_content("#cards .top-class") == dataset.class_names[dataset.y_test[index]]
@@ -176,3 +178,17 @@ def test_photos_over_the_request_limit_together_are_each_classified(page_server,
     assert [element.text_content() for element in page.query_selector_all("#cards .file-name")] == [path.name for path in paths]
     assert len(page.query_selector_all("#cards .seen")) == 3 and not page.query_selector_all("#cards .card-error:not(:empty)")
     page.close()
+
+
+def test_the_page_says_what_an_ensemble_averages(served_run, browser):
+    server = Server(served_run, "--engine", "keras", "--ensemble", str(served_run), "--tta")
+    try:
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.wait_for_function("document.getElementById('model-platform').textContent !== ''")
+        assert page.text_content("#model-platform") == "baseline, keras, an ensemble of 2 runs, flip TTA"
+        assert page.text_content("#accuracy-label") == "its first run's test accuracy"
+        assert page.text_content("#model-version") == " version 1"
+        page.close()
+    finally:
+        server.close()
