@@ -220,7 +220,8 @@ def command_export(arguments: argparse.Namespace) -> int:
 
 
 def command_serve(arguments: argparse.Namespace) -> int:
-    from fmnist.serve import ServeConfig, serve
+    from fmnist.serve import ServeConfig
+    from fmnist.server import serve
 
     config = ServeConfig(run_dir=arguments.run, engine=arguments.engine, max_batch=arguments.max_batch,
                          max_delay_ms=arguments.max_delay_ms, max_body_bytes=arguments.max_body_mb * 1024 * 1024,

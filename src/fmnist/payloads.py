@@ -4,7 +4,7 @@
     images = tf_serving_images(json_body)    # TF Serving REST :predict, arrays or {"b64": ...}
 
 Each function raises RequestError (a 4xx with a message that says what is wrong) and never
-lets a malformed body reach the model.
+lets a malformed body reach the model; `error_response` is the JSON every error is answered with.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import binascii
 import json
 
 import numpy as np
+from fastapi.responses import JSONResponse
 
 from fmnist.images import ImageError, array_to_images, from_image_bytes
 
@@ -24,6 +25,11 @@ class RequestError(Exception):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    """Every error the server answers: {"error": "what is wrong, and what to do"}."""
+    return JSONResponse({"error": message}, status_code=status)
 
 
 def parse_json(body: bytes) -> dict:

@@ -17,14 +17,7 @@ import dataclasses
 import gc
 import importlib.resources
 import io
-import json
-import os
 import re
-import shutil
-import socket
-import sys
-import tempfile
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -39,12 +32,13 @@ from starlette.exceptions import HTTPException
 from fmnist import __version__, runs
 from fmnist.engine import MicroBatcher, load_engines
 from fmnist.images import ImageError, check_background, from_image_bytes
-from fmnist.metrics import ServerMetrics
+from fmnist.metrics import LimitAndMeasure, ServerMetrics
 from fmnist.payloads import (
     INPUT_NAME,
     OUTPUT_NAME,
     RequestError,
     check_batch,
+    error_response,
     kserve_images,
     parse_json,
     tf_serving_images,
@@ -279,139 +273,7 @@ def tensor_info(dtype: str, shape: list[int], name: str) -> dict:
     return {"dtype": dtype, "tensor_shape": {"dim": dims, "unknown_rank": False}, "name": name}
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-class LimitAndMeasure:
-    """ASGI middleware: refuse bodies over the limit; time and count every request.
-
-    A body whose Content-Length is over the limit is answered 413 before it is read; one sent
-    without it (chunked) is counted as it arrives, and reading past the limit raises a 413 in the
-    endpoint, uploads included (FastAPI would otherwise spool any size of multipart body to disk).
-    Plain ASGI rather than FastAPI's @app.middleware("http"), whose per-request wrapping costs
-    more than the model does on small requests.
-    """
-
-    def __init__(self, app, max_body_bytes: int, metrics: ServerMetrics):
-        self.app, self.max_body_bytes, self.metrics = app, max_body_bytes, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = time.perf_counter()
-        status = 500
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            response = error_response(413, f"body of {int(declared):,} bytes; the limit is {self.max_body_bytes:,}")
-            await response(scope, receive, send)
-            self.metrics.observe("unmatched", 413, time.perf_counter() - started)
-            return
-
-        async def send_and_note_status(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        received = 0
-
-        async def receive_within_limit():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:  # FastAPI passes an HTTPException on as it is, to http_error
-                    raise HTTPException(413, f"body over the limit of {self.max_body_bytes:,} bytes")
-            return message
-
-        try:
-            await self.app(scope, receive_within_limit, send_and_note_status)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.observe(route, status, time.perf_counter() - started)
-
-
 def png_data_uri(image) -> str:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-CONFIG_VARIABLE = "FMNIST_SERVE_CONFIG"
-STARTUP_ERROR_VARIABLE = "FMNIST_SERVE_STARTUP_ERROR"  # the file where a worker that cannot start says why
-
-
-def app_from_environment() -> FastAPI:
-    """The factory uvicorn's worker processes call: the config travels in an environment variable.
-
-    A worker that cannot build its app (a model or an export that cannot be loaded) writes why for
-    `serve` to report, and exits with uvicorn's startup-failure status, which stops the server: with
-    any other, uvicorn would start it again, and it would fail again, forever.
-    """
-    import uvicorn.server
-
-    values = json.loads(os.environ[CONFIG_VARIABLE])
-    try:
-        return create_app(ServeConfig(**{key: tuple(value) if isinstance(value, list) else value
-                                         for key, value in values.items()}))  # fmt: skip
-    except Exception as error:
-        if STARTUP_ERROR_VARIABLE in os.environ:  # set by `serve`, which reports it
-            runs.write_text(Path(os.environ[STARTUP_ERROR_VARIABLE]), str(error))
-        else:
-            print(f"fmnist: a server worker could not start: {error}", file=sys.stderr)
-        sys.exit(uvicorn.server.STARTUP_FAILURE)
-
-
-def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
-    import uvicorn
-
-    runs.require_run(config.run_dir)
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
-    check_address(host, port)
-    if not config.threads:  # share the cores among the workers rather than have each claim them all
-        config = dataclasses.replace(config, threads=max(1, (os.cpu_count() or 1) // workers))
-    # One process builds its app before the address is announced, so that a model or an export that cannot be
-    # loaded stops the command with its error; each of several workers builds its own (the factory, below).
-    app = create_app(config) if workers == 1 else "fmnist.serve:app_from_environment"
-    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    print(f"serving {config.served_name} version {config.model_version} from {config.run_dir}: "
-          f"open http://{shown_host}:{port}/ in a browser (API docs at /docs)", flush=True)  # fmt: skip
-    own_folder = startup_error = None
-    if workers > 1:
-        # The workers' metrics meet in files of one folder: a new one for this server, removed when it stops,
-        # unless the user named one (clearing that between runs is then theirs to do, as prometheus_client says)
-        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            own_folder = tempfile.mkdtemp(prefix="fmnist-prometheus-")
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_folder
-        startup_error = Path(tempfile.mkdtemp(prefix="fmnist-serve-")) / "startup-error.txt"
-        os.environ[STARTUP_ERROR_VARIABLE] = str(startup_error)
-    os.environ[CONFIG_VARIABLE] = json.dumps(dataclasses.asdict(config))
-    try:
-        uvicorn.run(app, factory=workers > 1, host=host, port=port, workers=workers, log_level="warning",
-                    access_log=False)  # fmt: skip
-        if startup_error and startup_error.exists():
-            raise runs.RunError(f"the server stopped: a worker could not start: {startup_error.read_text()}")
-    finally:
-        if startup_error:
-            shutil.rmtree(startup_error.parent, ignore_errors=True)
-        if own_folder:
-            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
-            shutil.rmtree(own_folder, ignore_errors=True)
-
-
-def check_address(host: str, port: int) -> None:
-    """Fail before announcing the server if it could not listen on host:port (uvicorn says so only afterwards)."""
-    try:
-        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except socket.gaierror as error:
-        raise ValueError(f"--host {host}: not an address of this machine ({error.strerror})") from None
-    with socket.socket(family, kind, protocol) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds, so a port in TIME_WAIT is free
-        try:
-            probe.bind(address)
-        except OSError as error:
-            raise OSError(error.errno, f"cannot listen on {host}:{port} ({error.strerror}); choose another --port, "
-                                       "or stop what is listening there") from None  # fmt: skip
-
