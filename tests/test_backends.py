@@ -91,6 +91,7 @@ def test_torch_convolutions_take_keras_layout_without_a_copy():
 # Inference records no operations for a backward pass on PyTorch (it did, and ran 25-45% slower for it).
 NO_GRADIENT_CHECK = textwrap.dedent("""
     import keras, numpy, torch
+    from fmnist.averaging import recompute_batchnorm_statistics
     from fmnist.evaluate import predict_logits
     recording = []
 
@@ -104,6 +105,13 @@ NO_GRADIENT_CHECK = textwrap.dedent("""
     logits = predict_logits(model, numpy.zeros((3, 28, 28), numpy.float32), tta=True)
     assert logits.shape == (3, 10) and recording and not any(recording), recording
     assert torch.is_grad_enabled()  # and training records again afterwards
+
+    # nor does recomputing BatchNorm's statistics for averaged weights, which runs the model in training mode
+    normalizing = keras.Sequential([keras.Input((28, 28)), Probe(), keras.layers.BatchNormalization()])
+    recording.clear()
+    recompute_batchnorm_statistics(normalizing, numpy.full((3, 28, 28), 5.0, numpy.float32))
+    assert recording and not any(recording), recording
+    numpy.testing.assert_allclose(keras.ops.convert_to_numpy(normalizing.layers[-1].moving_mean), 5.0)
     print("no gradients recorded")
 """)
 

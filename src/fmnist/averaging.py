@@ -20,6 +20,7 @@ import contextlib
 import keras
 from keras import ops
 
+from fmnist.evaluate import without_gradients
 from fmnist.seeds import restore_seed_states, seed_states
 
 STATISTICS_IMAGES = 4096  # 32 batches of 128: the statistics then vary by well under 1% between samples
@@ -66,7 +67,8 @@ def recompute_batchnorm_statistics(model: keras.Model, images) -> None:
         for count, start in enumerate(range(0, len(images), _BATCH_SIZE)):
             for layer in layers:
                 layer.momentum = count / (count + 1)  # 0 for the first batch: its statistics replace the old ones
-            model(images[start : start + _BATCH_SIZE], training=True)
+            with without_gradients():  # statistics only: nothing for PyTorch to record for a backward pass
+                model(images[start : start + _BATCH_SIZE], training=True)
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum
