@@ -2,7 +2,7 @@
 
     python benchmarks/serve_benchmark.py RUN [--seconds 30] [--connections 64] [--workers 2]
 
-1. The inference engine alone, Keras (`model(x)`) and ONNX Runtime (after `fmnist export RUN`):
+1. The inference engine alone, Keras (`predict_on_batch`) and ONNX Runtime (after `fmnist export RUN`):
    median latency of one image and of a batch of 1,000 (images/s), over repeated calls.
 2. `fmnist serve RUN` on a free loopback port, loaded by wrk (Debian's `wrk`) for a bounded time
    with single-image KServe v2 /infer requests: requests/s, p50/p99 latency, errors.
