@@ -76,16 +76,16 @@ LAYOUT_CHECK = textwrap.dedent("""
 """)
 
 
-def run_on_torch(script: str) -> subprocess.CompletedProcess:
-    """Run a Python script in its own process on the PyTorch backend; fail with the end of its stderr."""
-    environment = {**os.environ, "KERAS_BACKEND": "torch"}
+def run_on(backend: str, script: str) -> subprocess.CompletedProcess:
+    """Run a Python script in its own process on a backend; fail with the end of its stderr."""
+    environment = {**os.environ, "KERAS_BACKEND": backend}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
 def test_torch_convolutions_take_keras_layout_without_a_copy():
-    assert "same results, no copy" in run_on_torch(LAYOUT_CHECK).stdout
+    assert "same results, no copy" in run_on("torch", LAYOUT_CHECK).stdout
 
 
 # Inference records no operations for a backward pass on PyTorch (it did, and ran 25-45% slower for it).
@@ -117,7 +117,34 @@ NO_GRADIENT_CHECK = textwrap.dedent("""
 
 
 def test_inference_on_the_torch_backend_records_no_gradients():
-    assert "no gradients recorded" in run_on_torch(NO_GRADIENT_CHECK).stdout
+    assert "no gradients recorded" in run_on("torch", NO_GRADIENT_CHECK).stdout
+
+
+# On JAX, batches are padded up to a power of two (XLA compiles a program per batch size) and cut back.
+JAX_PADDING_CHECK = textwrap.dedent("""
+    import keras, numpy
+    from fmnist.evaluate import predict_logits
+    compiled_sizes = set()
+
+    class Probe(keras.layers.Layer):  # its Python runs once per program XLA compiles, with that program's batch size
+        def call(self, inputs):
+            compiled_sizes.add(inputs.shape[0])
+            return inputs
+
+    model = keras.Sequential([keras.Input((28, 28)), Probe(), keras.layers.Flatten(), keras.layers.Dense(10)])
+    compiled_sizes.clear()
+    images = numpy.random.default_rng(0).integers(0, 256, (45, 28, 28), dtype=numpy.uint8)
+    one_by_one = numpy.concatenate([predict_logits(model, images[index : index + 1]) for index in range(45)])
+    in_batches = predict_logits(model, images, batch_size=20)  # 20, 20 and 5 images: padded to 32, 32 and 8
+    assert in_batches.shape == (45, 10)
+    numpy.testing.assert_allclose(in_batches, one_by_one, rtol=1e-5, atol=1e-5)
+    assert compiled_sizes == {1, 8, 32}, compiled_sizes
+    print("padded batches give each image its own logits")
+""")
+
+
+def test_inference_on_the_jax_backend_pads_batches_and_keeps_each_image_s_logits():
+    assert "its own logits" in run_on("jax", JAX_PADDING_CHECK).stdout
 
 
 # torch.compile on Keras' layers: PyTorch 2.13 marked the shapes dynamic and its inductor failed ("cannot determine
@@ -140,4 +167,4 @@ JIT_CHECK = textwrap.dedent("""
 
 
 def test_jit_compile_on_the_torch_backend_compiles_and_trains():
-    assert "compiled and trained" in run_on_torch(JIT_CHECK).stdout
+    assert "compiled and trained" in run_on("torch", JIT_CHECK).stdout

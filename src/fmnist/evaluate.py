@@ -50,9 +50,9 @@ def predict_logits(model, images: np.ndarray, batch_size: int = PREDICT_BATCH_SI
 def predict_batch(model, images: np.ndarray) -> np.ndarray:
     """One batch through Keras' compiled prediction step (`predict_on_batch`), as float64 logits.
 
-    Compiled: a traced graph on TensorFlow, an XLA program on JAX, and no gradients recorded on PyTorch, where
-    calling the model directly runs eagerly: one image of `compact` took 31-37 ms that way on TensorFlow and 20-23
-    ms on JAX, against 4-5 and 2-3 ms compiled. `predict`'s own loop would add milliseconds of set-up per call.
+    Compiled: a traced graph on TensorFlow, an XLA program on JAX, no gradients recorded on PyTorch. Calling the
+    model directly runs it op by op: one image of `compact` took 25-37 ms that way on TensorFlow and 17-23 ms on
+    JAX, against 4-5 and 2-3 ms compiled (BENCHMARKS.md). `predict`'s own loop adds milliseconds per call.
     JAX compiles one program per batch size, so batches are padded up to a power of two: at most 11 programs
     for batches of up to 1,024 (each image's logits depend on that image alone).
     """
