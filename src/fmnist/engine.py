@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import os
 from pathlib import Path
 
 import numpy as np
 
 from fmnist import runs
-from fmnist.evaluate import PREDICT_BATCH_SIZE, mirror, predict_logits, softmax
+from fmnist.evaluate import PREDICT_BATCH_SIZE, in_batches, mirror, predict_logits, softmax
 from fmnist.export import EXPORT_DIR, ONNX_FILE, onnx_session, run_onnx
 
 
@@ -42,12 +43,10 @@ class OnnxEngine:
     platform: str = "onnxruntime_onnx"
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        # in batches, as Keras' engine predicts: one call on a large array would hold its activations all at once
         images = np.ascontiguousarray(images, dtype=np.uint8)
         if len(images) <= PREDICT_BATCH_SIZE:
             return run_onnx(self.session, images)
-        return np.concatenate([run_onnx(self.session, images[start : start + PREDICT_BATCH_SIZE])
-                               for start in range(0, len(images), PREDICT_BATCH_SIZE)])  # fmt: skip
+        return np.concatenate(in_batches(functools.partial(run_onnx, self.session), images))  # as Keras' engine predicts
 
 
 @dataclasses.dataclass
@@ -139,8 +138,7 @@ class MicroBatcher:
     def _run_model(self, images: np.ndarray) -> list[np.ndarray]:
         """In the model's thread: the probabilities in calls of at most `max_batch` images each."""
         # What piled up while the model was busy, or one large request, can hold more than max_batch images.
-        return [self.engine.probabilities(images[start : start + self.max_batch])
-                for start in range(0, len(images), self.max_batch)]  # fmt: skip
+        return in_batches(self.engine.probabilities, images, self.max_batch)
 
     async def _run_batch(self, batch) -> None:
         images = np.concatenate([item for item, _ in batch])

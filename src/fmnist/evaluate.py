@@ -39,12 +39,18 @@ def predict_logits(model, images: np.ndarray, batch_size: int = PREDICT_BATCH_SI
     With `tta`, each image and its mirror image are predicted and their probabilities averaged;
     the log of that average is returned, so that softmax of the result is the average.
     """
-    batches = [predict_batch(model, images[start : start + batch_size]) for start in range(0, len(images), batch_size)]
+    batches = in_batches(functools.partial(predict_batch, model), images, batch_size)
     logits = np.concatenate(batches) if batches else np.zeros((0, model.output_shape[-1]))
     if not tta:
         return logits
     mirrored = predict_logits(model, mirror(images), batch_size)
     return log_mean_probabilities([logits, mirrored])
+
+
+def in_batches(predict, images: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE) -> list[np.ndarray]:
+    """`predict` on consecutive slices of at most `batch_size` images, so that no call holds the activations of a
+    large array all at once; the results in order, one per slice."""
+    return [predict(images[start : start + batch_size]) for start in range(0, len(images), batch_size)]
 
 
 def predict_batch(model, images: np.ndarray) -> np.ndarray:
