@@ -6,6 +6,7 @@
     KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --jit-compile  # torch.compile (slower too)
     KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --model bn_cnn
     KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --model compact --keras-torch-layout  # Keras' transpose
+    KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --model compact --keras-batchnorm     # Keras' BatchNorm
     python benchmarks/throughput_benchmark.py --keras-inputs                   # Keras' autotuned pipeline for arrays
 
 One `fit` per epoch over the first `--images` training images (Adam, the spec's loss, no
@@ -33,6 +34,9 @@ def main() -> int:
     parser.add_argument("--keras-torch-layout", action="store_true",
                         help="PyTorch backend: Keras' own transpose before each convolution and pooling "
                         "(copies), not fmnist.torch_layout's backport of Keras' fix")  # fmt: skip
+    parser.add_argument("--keras-batchnorm", action="store_true",
+                        help="Keras' own BatchNormalization layer, composed from operations, not fmnist.batchnorm's, "
+                        "which trains with PyTorch's fused kernel on that backend")  # fmt: skip
     parser.add_argument("--keras-inputs", action="store_true",
                         help="TensorFlow: the arrays as they are, through Keras' own tf.data pipeline (autotuned), "
                         "not fmnist.inputs' pipeline without autotuning")  # fmt: skip
@@ -48,13 +52,15 @@ def main() -> int:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)
 
-    from fmnist import inputs, torch_layout
+    from fmnist import inputs, models, torch_layout
     from fmnist.data import load_dataset
     from fmnist.models import augmentation_layers, build_model
     from fmnist.recipe import jit_compile
 
     if arguments.keras_torch_layout:
         torch_layout.uninstall()
+    if arguments.keras_batchnorm:
+        models.BatchNormalization = keras.layers.BatchNormalization  # what the registry's conv_bn builds
 
     data = load_dataset()
     images, labels = data.x_train[: arguments.images], data.y_train[: arguments.images]
@@ -75,6 +81,7 @@ def main() -> int:
     later = seconds[1:] or seconds
     rates = [len(images) / each for each in later]
     layout = " (Keras' own transpose)" if arguments.keras_torch_layout else ""
+    layout += " (Keras' BatchNorm)" if arguments.keras_batchnorm else ""
     layout += " (Keras' inputs)" if arguments.keras_inputs else ""
     print(f"{keras.backend.backend()}{layout} {arguments.model} batch {arguments.batch_size}: epochs "
           + ", ".join(f"{each:.1f} s" for each in seconds)

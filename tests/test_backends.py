@@ -88,6 +88,73 @@ def test_torch_convolutions_take_keras_layout_without_a_copy():
     assert "same results, no copy" in run_on("torch", LAYOUT_CHECK).stdout
 
 
+# fmnist's BatchNormalization trains with PyTorch's fused kernel there, and computes what Keras' layer computes.
+BATCHNORM_CHECK = textwrap.dedent("""
+    import keras, numpy, torch
+    from fmnist.batchnorm import BatchNormalization
+    generator = numpy.random.default_rng(0)
+
+    def autograd_nodes(tensor):
+        found, waiting = set(), [tensor.grad_fn]
+        while waiting:
+            node = waiting.pop()
+            if node is not None and node.name() not in found:
+                found.add(node.name())
+                waiting.extend(next_node for next_node, _ in node.next_functions)
+        return found
+
+    def train_step(layer, inputs, upstream, **options):  # outputs, gradients and moving statistics of one call
+        inputs = torch.tensor(inputs, requires_grad=True)
+        outputs = layer(inputs, training=True, **options)
+        (outputs * torch.tensor(upstream)).sum().backward()
+        results = [outputs, inputs.grad, layer.gamma.value.grad, layer.beta.value.grad, layer.moving_mean, layer.moving_variance]
+        return [keras.ops.convert_to_numpy(value).copy() for value in results], autograd_nodes(outputs)
+
+    # channels-last images with an offset (as a convolution of positive pixels gives), and dense features
+    for shape in [(32, 7, 7, 16), (64, 12)]:
+        inputs = generator.normal(2.0, 0.5, shape).astype("float32")
+        upstream = generator.normal(size=shape).astype("float32")
+        ours, keras_own = BatchNormalization(momentum=0.9), keras.layers.BatchNormalization(momentum=0.9)
+        for layer in (ours, keras_own):
+            layer.build(shape)
+            layer.set_weights([numpy.linspace(0.5, 1.5, shape[-1]), numpy.linspace(-1, 1, shape[-1]),
+                               numpy.full(shape[-1], 0.5), numpy.full(shape[-1], 2.0)])
+        our_results, our_nodes = train_step(ours, inputs, upstream)
+        keras_results, keras_nodes = train_step(keras_own, inputs, upstream)
+        assert "NativeBatchNormBackward0" in our_nodes, our_nodes  # PyTorch's kernel, not Keras' composition
+        assert "NativeBatchNormBackward0" not in keras_nodes, keras_nodes
+        for name, mine, theirs in zip(["outputs", "input gradient", "gamma gradient", "beta gradient", "moving mean",
+                                       "moving variance"], our_results, keras_results):
+            numpy.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-4, err_msg=name)
+        # inference normalises with the moving statistics, as Keras' layer does
+        numpy.testing.assert_allclose(keras.ops.convert_to_numpy(ours(inputs, training=False)),
+                                      keras.ops.convert_to_numpy(keras_own(inputs, training=False)), rtol=1e-5, atol=1e-5)
+
+    # what the fused kernel lacks goes through Keras' own computation: a mask
+    masked = BatchNormalization()
+    mask = torch.tensor(generator.random((32, 7, 7)) > 0.3)
+    assert "NativeBatchNormBackward0" not in train_step(masked, inputs=generator.normal(size=(32, 7, 7, 16)).astype("float32"),
+                                                        upstream=numpy.ones((32, 7, 7, 16), "float32"), mask=mask)[1]
+
+    # mixed precision: statistics in float32, the output in the layer's compute dtype
+    mixed = BatchNormalization(dtype="mixed_bfloat16")
+    assert keras.backend.standardize_dtype(mixed(torch.ones(4, 3, 3, 2), training=True).dtype) == "bfloat16"
+
+    # a saved model keeps fmnist's layer, so a resumed run trains as fast as it started
+    from fmnist.models import build_model
+    import pathlib, tempfile
+    path = pathlib.Path(tempfile.mkdtemp()) / "compact.keras"
+    build_model("compact").save(path)
+    reloaded = keras.saving.load_model(path)
+    assert any(isinstance(layer, BatchNormalization) for layer in reloaded.layers)
+    print("fused and equal")
+""")
+
+
+def test_batchnorm_trains_with_pytorch_s_fused_kernel_and_computes_what_keras_does():
+    assert "fused and equal" in run_on("torch", BATCHNORM_CHECK).stdout
+
+
 # Inference records no operations for a backward pass on PyTorch (it did, and ran 25-45% slower for it).
 NO_GRADIENT_CHECK = textwrap.dedent("""
     import keras, numpy, torch

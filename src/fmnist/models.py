@@ -22,6 +22,7 @@ import keras
 from keras import layers, ops
 
 from fmnist import torch_layout
+from fmnist.batchnorm import BatchNormalization  # Keras' layer, with PyTorch's fused kernel on that backend
 
 torch_layout.install()  # on the PyTorch backend: no copy of the activations before each convolution or pooling
 
@@ -149,7 +150,7 @@ def tiny(num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer] = 
 def conv_bn(x, filters: int, kernel_size: int = 3, strides: int = 1, activation: bool = True):
     """Convolution without bias (BatchNorm has one), BatchNorm, then ReLU."""
     x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization(momentum=0.9)(x)
+    x = BatchNormalization(momentum=0.9)(x)
     return layers.ReLU()(x) if activation else x
 
 

@@ -83,7 +83,8 @@ def build_and_compile(config: TrainConfig, num_classes: int, steps_per_epoch: in
 
 
 # Models whose training ran markedly faster on the PyTorch backend on a CPU here: compact, `--preset best`'s
-# network: 896 s of training on TensorFlow (16 steps per call) against 729 s on PyTorch, means of 3 seeds (BENCHMARKS.md).
+# network: 896 s of training on TensorFlow (16 steps per call) against 511 s on PyTorch with fmnist's fused BatchNorm,
+# means of 3 seeds (BENCHMARKS.md).
 SLOWER_ON_TENSORFLOW = ("compact",)
 
 
@@ -185,7 +186,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
         log("note: mixed precision without a GPU computes in bfloat16, which most CPUs run slower than float32 "
             "(--no-mixed-precision turns it off)")  # fmt: skip
     if config.model in SLOWER_ON_TENSORFLOW and keras.backend.backend() == "tensorflow" and not recipe.accelerator_present():
-        log(f"note: on a CPU the PyTorch backend trains {config.model} in about a fifth less time than TensorFlow "
+        log(f"note: on a CPU the PyTorch backend trains {config.model} in about 40% less time than TensorFlow "
             "(`pip install 'fmnist[torch]'`, then `fmnist --backend torch train ...`; BENCHMARKS.md)")  # fmt: skip
     runs.write_json(run_dir / runs.CONFIG, config.to_dict())
     runs.write_json(run_dir / runs.CLASS_NAMES, list(data.class_names))
