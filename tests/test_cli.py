@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import Server, kserve_body, run_cli
+from conftest import Server, cli_command, kserve_body, run_cli
 from fmnist.data import FILES
 
 pytestmark = pytest.mark.slow
@@ -278,6 +278,15 @@ def test_ensemble_of_runs_with_other_classes_is_refused(baseline_run, tmp_path):
     (other / "class_names.json").write_text(json.dumps(names[::-1]))
     result = run_cli("predict", str(baseline_run), str(other / "confusion_matrix.png"), "--ensemble", str(other), check=False)
     assert result.returncode == 1 and "other classes" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_reader_that_stops_reading_gets_no_error_message(real_data_dir):
+    # `fmnist data | head -1`: the reader is gone before fmnist writes; that is no error to print
+    process = subprocess.Popen(cli_command("data", "--data-dir", str(real_data_dir)), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 1 and stderr == "", stderr
 
 
 def test_python_dash_m_fmnist_is_the_cli_and_lists_every_model():

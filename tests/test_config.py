@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from fmnist.cli import build_parser, resolve_config
+from fmnist.arguments import build_parser, resolve_config
 from fmnist.config import TrainConfig
 
 
