@@ -148,10 +148,22 @@ class Server:
         self.process = subprocess.Popen(cli_command("serve", str(run_dir), "--port", str(self.port), *options),
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         env={**os.environ, **(env or {})})  # fmt: skip
+        self.startup_lines: list[str] = []  # with several workers: what it printed up to the address
+        if "--workers" in options:
+            watchdog = threading.Timer(90, self.process.kill)  # a server that never says it serves ends the read
+            watchdog.start()
+            while not self.startup_lines or "open http" not in self.startup_lines[-1]:
+                line = self.process.stdout.readline()
+                if not line:
+                    raise AssertionError(f"server exited: {''.join(self.startup_lines)}")
+                self.startup_lines.append(line)
+            watchdog.cancel()
+        self.health_checks = 0  # how many it took to get an answer
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited: {self.process.stdout.read()}")
+            self.health_checks += 1
             try:
                 if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
                     return

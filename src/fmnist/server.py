@@ -4,7 +4,8 @@
 
 Everything that can be checked before the address is announced is (the port, and with one worker the model
 itself); a worker that cannot load the model stops the whole server with its reason, rather than being
-started again and again.
+started again and again. Several workers each load the model in their own process (seconds, with Keras'
+import): the address is announced once all of them have, so that the link printed answers at once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -25,6 +28,7 @@ from fmnist.serve import ServeConfig, create_app
 
 CONFIG_VARIABLE = "FMNIST_SERVE_CONFIG"
 STARTUP_ERROR_VARIABLE = "FMNIST_SERVE_STARTUP_ERROR"  # the file where a worker that cannot start says why
+READY_VARIABLE = "FMNIST_SERVE_READY"  # the folder where each worker that has built its app leaves a file
 
 
 def app_from_environment() -> FastAPI:
@@ -38,14 +42,17 @@ def app_from_environment() -> FastAPI:
 
     values = json.loads(os.environ[CONFIG_VARIABLE])
     try:
-        return create_app(ServeConfig(**{key: tuple(value) if isinstance(value, list) else value
-                                         for key, value in values.items()}))  # fmt: skip
+        app = create_app(ServeConfig(**{key: tuple(value) if isinstance(value, list) else value
+                                        for key, value in values.items()}))  # fmt: skip
     except Exception as error:
         if STARTUP_ERROR_VARIABLE in os.environ:  # set by `serve`, which reports it
             runs.write_text(Path(os.environ[STARTUP_ERROR_VARIABLE]), str(error))
         else:
             print(f"fmnist: a server worker could not start: {error}", file=sys.stderr)
         sys.exit(uvicorn.server.STARTUP_FAILURE)
+    if READY_VARIABLE in os.environ:  # an empty file, made in one step: `serve` counts them
+        (Path(os.environ[READY_VARIABLE]) / f"worker-{os.getpid()}").touch()
+    return app
 
 
 def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
@@ -61,10 +68,12 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     # loaded stops the command with its error; each of several workers builds its own (the factory, below).
     app = create_app(config) if workers == 1 else "fmnist.server:app_from_environment"
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    print(f"serving {config.served_name} version {config.model_version} from {config.run_dir}: "
-          f"open http://{shown_host}:{port}/ in a browser (API docs at /docs)", flush=True)  # fmt: skip
+    announcement = (f"serving {config.served_name} version {config.model_version} from {config.run_dir}: "
+                    f"open http://{shown_host}:{port}/ in a browser (API docs at /docs)")  # fmt: skip
     own_folder = startup_error = None
-    if workers > 1:
+    if workers == 1:
+        print(announcement, flush=True)
+    else:
         # The workers' metrics meet in files of one folder: a new one for this server, removed when it stops,
         # unless the user named one (clearing that between runs is then theirs to do, as prometheus_client says)
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -72,6 +81,11 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_folder
         startup_error = Path(tempfile.mkdtemp(prefix="fmnist-serve-")) / "startup-error.txt"
         os.environ[STARTUP_ERROR_VARIABLE] = str(startup_error)
+        ready = startup_error.parent / "ready"
+        ready.mkdir()
+        os.environ[READY_VARIABLE] = str(ready)
+        print(f"starting {workers} server processes on {shown_host}:{port}; each loads the model", flush=True)
+        threading.Thread(target=announce_when_ready, args=(ready, workers, announcement), daemon=True).start()
     os.environ[CONFIG_VARIABLE] = json.dumps(dataclasses.asdict(config))
     try:
         uvicorn.run(app, factory=workers > 1, host=host, port=port, workers=workers, log_level="warning",
@@ -81,9 +95,24 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     finally:
         if startup_error:
             shutil.rmtree(startup_error.parent, ignore_errors=True)
+            for variable in (STARTUP_ERROR_VARIABLE, READY_VARIABLE):
+                os.environ.pop(variable, None)
         if own_folder:
             del os.environ["PROMETHEUS_MULTIPROC_DIR"]
             shutil.rmtree(own_folder, ignore_errors=True)
+
+
+def announce_when_ready(ready: Path, workers: int, announcement: str) -> None:
+    """Print the announcement once `workers` processes have left their file in `ready`; give up if it goes."""
+    while True:
+        try:
+            started = sum(1 for path in ready.iterdir() if path.name.startswith("worker-"))
+        except FileNotFoundError:  # the server stopped first (a worker that could not start stops it)
+            return
+        if started >= workers:
+            print(announcement, flush=True)
+            return
+        time.sleep(0.1)
 
 
 def check_address(host: str, port: int) -> None:
