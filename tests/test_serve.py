@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import concurrent.futures
+import csv
 import io
 import json
 import re
@@ -440,6 +441,32 @@ def onnx_run(served_run, real_data_dir):
     if not (served_run / "export" / "model.onnx").exists():
         run_cli("export", str(served_run), "--format", "onnx", "--data-dir", str(real_data_dir))
     return served_run
+
+
+def test_evaluate_runs_the_onnx_export_beside_the_keras_model(onnx_run, dataset, tmp_path):
+    """`fmnist evaluate --engine onnx`: the export on the test set, written beside the run's own results."""
+    run_metrics = (onnx_run / "metrics.json").read_text()
+    result = run_cli("evaluate", str(onnx_run), "--engine", "onnx")
+    output = onnx_run / "evaluations" / "test-onnx"
+    assert str(output) in result.stdout
+    onnx_metrics, keras_metrics = json.loads((output / "metrics.json").read_text()), json.loads(run_metrics)
+    assert onnx_metrics["engine"] == "onnx" and onnx_metrics["num_images"] == 10_000
+    # the export computes what the model computes: the same accuracy within 3 of 10,000 images, the same loss
+    assert abs(onnx_metrics["eval_accuracy"] - keras_metrics["test_accuracy"]) <= 3e-4
+    assert abs(onnx_metrics["eval_loss"] - keras_metrics["test_loss"]) <= 1e-4
+    assert (onnx_run / "metrics.json").read_text() == run_metrics  # the run's own results are left as they were
+    # the user's own arrays, through the export
+    np.save(tmp_path / "images.npy", dataset.x_test[:300])
+    np.save(tmp_path / "labels.npy", dataset.y_test[:300])
+    run_cli("evaluate", str(onnx_run), "--engine", "onnx", "--images", str(tmp_path / "images.npy"), "--labels",
+            str(tmp_path / "labels.npy"), "--output", str(tmp_path / "mine"))  # fmt: skip
+    with open(tmp_path / "mine" / "predictions.csv") as file:
+        assert len(list(csv.DictReader(file))) == 300
+    # a run without an export is told how to make one
+    plain = tmp_path / "plain"
+    shutil.copytree(onnx_run, plain, ignore=shutil.ignore_patterns("export", "evaluations"))
+    refused = run_cli("evaluate", str(plain), "--engine", "onnx", check=False)
+    assert refused.returncode == 1 and f"fmnist export {plain} --format onnx" in refused.stderr, refused.stderr
 
 
 def test_predict_runs_an_onnx_export_without_importing_tensorflow(onnx_run, dataset, tmp_path):

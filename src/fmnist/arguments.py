@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--split", choices=("test", "validation"), default="test",
                                  help="the test set (default) or the validation images the run held out, "
                                       "on which to compare runs, ensembles and TTA without touching the test set")  # fmt: skip
+    evaluate_parser.add_argument("--engine", choices=("keras", "onnx"), default="keras",
+                                 help="keras (default): the run's model; onnx: its ONNX export (`fmnist export RUN`) "
+                                      "through ONNX Runtime, as predict and serve run it (results in RUN/evaluations/"
+                                      "NAME-onnx, the run itself left as it is)")  # fmt: skip
     add_background_option(evaluate_parser)
     add_ensemble_options(evaluate_parser)
 

@@ -4,7 +4,7 @@
     fmnist models
     fmnist train [--model baseline] [--epochs 10] [--seed 0] [--run-dir runs/baseline] ...
     fmnist evaluate RUN [--images FILE --labels FILE | --images FOLDER [--background auto|light|dark]] [--output DIR]
-                        [--ensemble RUN2 ...] [--tta]
+                        [--ensemble RUN2 ...] [--tta] [--engine keras|onnx]
     fmnist predict RUN FILE... [--json] [--top 3] [--background auto|light|dark] [--ensemble RUN2 ...] [--tta]
                        [--engine auto|onnx|keras]
     fmnist report RUN
@@ -53,6 +53,7 @@ def variant_name(data: str, arguments: argparse.Namespace) -> str:
 
 
 def evaluation_output(arguments: argparse.Namespace, name: str) -> Path:
+    name += "-onnx" if arguments.engine == "onnx" else ""  # beside the Keras model's results, not over them
     return Path(arguments.output or Path(arguments.run) / "evaluations" / name)
 
 
@@ -95,10 +96,10 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
             raise ValueError(f"{arguments.labels}: labels must be whole numbers from 0 to 9")
         labels = labels.astype("int64")
         output = evaluation_output(arguments, Path(arguments.images).name.split(".")[0])
-    elif ensemble or arguments.tta is not None:
+    elif ensemble or arguments.tta is not None or arguments.engine == "onnx":
         output = evaluation_output(arguments, variant_name("test", arguments))
     results = evaluate_run(arguments.run, images, labels, output_dir=output, data_dir=arguments.data_dir,
-                           ensemble=ensemble, tta=arguments.tta, image_names=image_names)  # fmt: skip
+                           ensemble=ensemble, tta=arguments.tta, image_names=image_names, engine=arguments.engine)  # fmt: skip
     output = output or Path(arguments.run)
     print(f"accuracy {results.accuracy:.4f}, loss {results.loss:.4f} on {len(results.labels):,} images; written to {output}")
     return 0

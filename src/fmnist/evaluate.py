@@ -83,6 +83,16 @@ def log_mean_probabilities(logits: list[np.ndarray]) -> np.ndarray:
     return logsumexp([log_softmax(each, axis=1) for each in logits], axis=0) - np.log(len(logits))
 
 
+def log_probabilities(engine, images: np.ndarray) -> np.ndarray:
+    """An inference engine's float32 probabilities (n, classes) as logits: their logarithm, whose softmax gives them back.
+
+    A probability that rounded to 0 in float32 is taken as float32's smallest normal number, so that an image the
+    export is sure it is not gets a large but finite loss (87 nats), as Keras' losses clip theirs.
+    """
+    probabilities = np.asarray(engine.probabilities(images), dtype=np.float64)
+    return np.log(np.maximum(probabilities, np.finfo(np.float32).tiny))
+
+
 def ensemble_logits(models: list, images: np.ndarray, tta: bool = False) -> np.ndarray:
     """Several models as one: the log of their averaged probabilities (each with flip TTA when `tta`)."""
     return log_mean_probabilities([predict_logits(model, images, tta=tta) for model in models])
@@ -194,22 +204,28 @@ def load_test_predictions(run_dir: Path, class_names) -> ClassificationResults |
 def evaluate_run(run_dir: Path, images: np.ndarray | None = None, labels: np.ndarray | None = None,
                  output_dir: Path | None = None, data_dir: Path | None = None,
                  ensemble: tuple[Path, ...] = (), tta: bool | None = None,
-                 image_names: list[str] | None = None) -> ClassificationResults:
+                 image_names: list[str] | None = None, engine: str = "keras") -> ClassificationResults:
     """Evaluate a finished run on the test set (default) or on the given images and labels.
 
-    On the test set, as the run was trained (its own `tta`, no ensemble), the run's metrics,
-    confusion matrix and report are rewritten in place. Otherwise (other data, other runs in
-    `ensemble` whose probabilities are averaged with this one's, or another `tta`) the results
-    go to `output_dir` (required then), with each image's prediction in predictions.csv under
-    `image_names` (default: its position), and the run is left as it was.
+    On the test set, as the run was trained (its own `tta`, no ensemble, its Keras model), the run's
+    metrics, confusion matrix and report are rewritten in place. Otherwise (other data, other runs in
+    `ensemble` whose probabilities are averaged with this one's, another `tta`, or `engine="onnx"`: each
+    run's ONNX export through ONNX Runtime) the results go to `output_dir` (required then), with each
+    image's prediction in predictions.csv under `image_names` (default: its position), and the run is
+    left as it was.
     """
     run_dir = runs.require_run(run_dir)
     members = [run_dir, *map(Path, ensemble)]
     class_names = runs.ensemble_class_names(members)
     trained_tta = runs.run_tta(run_dir)
     tta = trained_tta if tta is None else tta
-    as_trained = not ensemble and tta == trained_tta
-    models = [runs.load_model(member) for member in members]
+    as_trained = not ensemble and tta == trained_tta and engine == "keras"
+    if engine == "onnx":
+        from fmnist.engine import load_engines  # the engine module imports this one
+
+        onnx_engine = load_engines(members, "onnx", tta=tta)  # fails here, with the fix, for a run without an export
+    else:
+        models = [runs.load_model(member) for member in members]
     if images is None:
         from fmnist.data import load_dataset
 
@@ -223,11 +239,15 @@ def evaluate_run(run_dir: Path, images: np.ndarray | None = None, labels: np.nda
             write_report(run_dir, data=dataset, test_results=results, model=models[0])
             return results
     if output_dir is None:
-        raise ValueError("evaluating on other data, with an ensemble or another --tta needs an output directory")
-    results = ClassificationResults(ensemble_logits(models, images, tta), np.asarray(labels, dtype=np.int64), tuple(class_names))
+        raise ValueError("evaluating on other data, with an ensemble, another --tta or the ONNX export needs an output "
+                         "directory")  # fmt: skip
+    logits = log_probabilities(onnx_engine, images) if engine == "onnx" else ensemble_logits(models, images, tta)
+    results = ClassificationResults(logits, np.asarray(labels, dtype=np.int64), tuple(class_names))
     members_note = f" (ensemble of {len(members)} runs)" if ensemble else ""
+    members_note += " (ONNX export)" if engine == "onnx" else ""
     write_results(results, Path(output_dir), f"accuracy {results.accuracy:.4f} on {len(labels):,} images{members_note}")
     write_predictions(results, Path(output_dir), image_names)
-    summary = results.summary("eval") | {"num_images": len(labels), "runs": [str(member) for member in members], "tta": tta}
+    summary = results.summary("eval") | {"num_images": len(labels), "runs": [str(member) for member in members], "tta": tta,
+                                          "engine": engine}  # fmt: skip
     runs.write_json(Path(output_dir) / runs.METRICS, summary)
     return results
