@@ -265,7 +265,7 @@ def test_two_server_processes_answer_as_one_does_and_are_counted_together(served
                      env={"TMPDIR": str(tmp_path)})  # fmt: skip
     try:
         # the address came once both workers had loaded the model, so the first request was answered at once
-        assert workers.startup_lines[0].startswith("starting 2 server processes") and workers.health_checks == 1
+        assert workers.startup_lines[0].startswith("starting 2 server processes") and workers.answered_at_once
         # the metrics' folder, and one where a worker that could not start would say why
         assert sorted(path.name.rsplit("-", 1)[0] for path in tmp_path.iterdir()) == ["fmnist-prometheus", "fmnist-serve"]
         with concurrent.futures.ThreadPoolExecutor(8) as pool:  # new connections, taken by either process

@@ -18,6 +18,7 @@ import gc
 import importlib.resources
 import io
 import re
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -84,7 +85,7 @@ class ServeConfig:
         return self.model_name or Path(self.run_dir).resolve().name
 
 
-def create_app(config: ServeConfig) -> FastAPI:
+def create_app(config: ServeConfig, on_ready: Callable[[], None] | None = None) -> FastAPI:
     run_dir = runs.require_run(config.run_dir)
     model_name, model_version = config.served_name, str(config.model_version)
     run_metrics = runs.read_json(run_dir / runs.METRICS)
@@ -99,6 +100,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def lifespan(app):
         gc.collect()
         gc.freeze()  # the libraries' many long-lived objects leave the collector's scans: shorter pauses under load
+        if on_ready:  # the server takes requests from here on
+            on_ready()
         yield
         await batcher.stop()
 

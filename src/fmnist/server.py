@@ -28,7 +28,7 @@ from fmnist.serve import ServeConfig, create_app
 
 CONFIG_VARIABLE = "FMNIST_SERVE_CONFIG"
 STARTUP_ERROR_VARIABLE = "FMNIST_SERVE_STARTUP_ERROR"  # the file where a worker that cannot start says why
-READY_VARIABLE = "FMNIST_SERVE_READY"  # the folder where each worker that has built its app leaves a file
+READY_VARIABLE = "FMNIST_SERVE_READY"  # the folder where each worker that takes requests leaves an empty file
 
 
 def app_from_environment() -> FastAPI:
@@ -41,18 +41,21 @@ def app_from_environment() -> FastAPI:
     import uvicorn.server
 
     values = json.loads(os.environ[CONFIG_VARIABLE])
+    ready = os.environ.get(READY_VARIABLE)
+
+    def say_ready() -> None:  # an empty file, made in one step: `serve` counts them
+        if ready:
+            (Path(ready) / f"worker-{os.getpid()}").touch()
+
     try:
-        app = create_app(ServeConfig(**{key: tuple(value) if isinstance(value, list) else value
-                                        for key, value in values.items()}))  # fmt: skip
+        return create_app(ServeConfig(**{key: tuple(value) if isinstance(value, list) else value
+                                         for key, value in values.items()}), on_ready=say_ready)  # fmt: skip
     except Exception as error:
         if STARTUP_ERROR_VARIABLE in os.environ:  # set by `serve`, which reports it
             runs.write_text(Path(os.environ[STARTUP_ERROR_VARIABLE]), str(error))
         else:
             print(f"fmnist: a server worker could not start: {error}", file=sys.stderr)
         sys.exit(uvicorn.server.STARTUP_FAILURE)
-    if READY_VARIABLE in os.environ:  # an empty file, made in one step: `serve` counts them
-        (Path(os.environ[READY_VARIABLE]) / f"worker-{os.getpid()}").touch()
-    return app
 
 
 def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
