@@ -83,7 +83,7 @@ def log_mean_probabilities(logits: list[np.ndarray]) -> np.ndarray:
     return logsumexp([log_softmax(each, axis=1) for each in logits], axis=0) - np.log(len(logits))
 
 
-def log_probabilities(engine, images: np.ndarray) -> np.ndarray:
+def engine_logits(engine, images: np.ndarray) -> np.ndarray:
     """An inference engine's float32 probabilities (n, classes) as logits: their logarithm, whose softmax gives them back.
 
     A probability that rounded to 0 in float32 is taken as float32's smallest normal number, so that an image the
@@ -241,7 +241,7 @@ def evaluate_run(run_dir: Path, images: np.ndarray | None = None, labels: np.nda
     if output_dir is None:
         raise ValueError("evaluating on other data, with an ensemble, another --tta or the ONNX export needs an output "
                          "directory")  # fmt: skip
-    logits = log_probabilities(onnx_engine, images) if engine == "onnx" else ensemble_logits(models, images, tta)
+    logits = engine_logits(onnx_engine, images) if engine == "onnx" else ensemble_logits(models, images, tta)
     results = ClassificationResults(logits, np.asarray(labels, dtype=np.int64), tuple(class_names))
     members_note = f" (ensemble of {len(members)} runs)" if ensemble else ""
     members_note += " (ONNX export)" if engine == "onnx" else ""
