@@ -95,6 +95,12 @@ def test_a_locked_run_is_refused(tmp_path, dataset):
             train(TrainConfig(model="tiny", epochs=1, train_subset=1000), tmp_path, data=dataset)
 
 
+def test_an_unknown_model_leaves_no_run_directory_behind(tmp_path, dataset):
+    with pytest.raises(ValueError, match=r"unknown model 'compcat'; choose one of \['baseline'.*`fmnist models`"):
+        train(TrainConfig(model="compcat", epochs=1, train_subset=1000), tmp_path / "run", data=dataset)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_file_in_place_of_the_run_directory_is_refused(tmp_path, dataset):
     (tmp_path / "run").write_text("a user's file")
     with pytest.raises(runs.RunError, match="is a file, not a directory; choose another --run-dir"):

@@ -39,9 +39,13 @@ def register(function: Callable[..., keras.Model]) -> Callable[..., keras.Model]
     return function
 
 
-def build_model(name: str, num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer] = ()) -> keras.Model:
+def check_name(name: str) -> None:
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)} (`fmnist models` describes them)")
+
+
+def build_model(name: str, num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer] = ()) -> keras.Model:
+    check_name(name)
     return MODELS[name](num_classes=num_classes, augmentation=augmentation)
 
 

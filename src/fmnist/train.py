@@ -159,8 +159,11 @@ def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
     With `report`, the analysis (report.html, report.md) is written at the end; it takes some
     seconds (a t-SNE map among others), and `fmnist report RUN` writes it later just as well.
     """
+    from fmnist import models  # imports Keras, which must come after the choice of backend
+
     run_dir = Path(run_dir)
     log = log or functools.partial(print, flush=True)
+    models.check_name(config.model)  # before anything is written: a misspelt name leaves no run directory behind
     if (run_dir / runs.CONFIG).exists():
         check_same_config(run_dir, config)
         if (run_dir / runs.METRICS).exists() and (run_dir / runs.MODEL).exists():
