@@ -8,15 +8,19 @@
     KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --model compact --keras-torch-layout  # Keras' transpose
     KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --model compact --keras-batchnorm     # Keras' BatchNorm
     python benchmarks/throughput_benchmark.py --keras-inputs                   # Keras' autotuned pipeline for arrays
+    KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --glibc-malloc  # malloc's adaptive thresholds
 
 One `fit` per epoch over the first `--images` training images (Adam, the spec's loss, no
 validation), fed as `fmnist train` feeds them (`fmnist.inputs`), timed around each call; the first
-epoch includes tracing, so the row reports the later ones. Nothing else should run on the machine meanwhile.
+epoch includes tracing, so the row reports the later ones, with the page faults each epoch took (a
+fresh page of zeros from the kernel each; see fmnist.allocator). Nothing else should run on the
+machine meanwhile.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 
@@ -40,9 +44,16 @@ def main() -> int:
     parser.add_argument("--keras-inputs", action="store_true",
                         help="TensorFlow: the arrays as they are, through Keras' own tf.data pipeline (autotuned), "
                         "not fmnist.inputs' pipeline without autotuning")  # fmt: skip
+    parser.add_argument("--glibc-malloc", action="store_true",
+                        help="glibc's malloc with its adaptive thresholds, as Python starts it, not with those "
+                        "fmnist.allocator fixes (as the fmnist command does)")  # fmt: skip
     parser.add_argument("--threads", metavar="INTRA,INTER", help="TensorFlow's intra- and inter-op thread counts")
     arguments = parser.parse_args()
 
+    from fmnist import allocator
+
+    if not arguments.glibc_malloc:
+        allocator.keep_freed_memory()  # first, before the libraries' own allocations
     import keras
 
     if arguments.threads and keras.backend.backend() == "tensorflow":
@@ -72,20 +83,24 @@ def main() -> int:
                   steps_per_execution=arguments.steps_per_execution)  # fmt: skip
 
     seconds: list[float] = []
+    page_faults: list[int] = []  # minor ones: each a fresh page of zeros from the kernel
     keras_inputs = {"x": images, "y": labels, "batch_size": arguments.batch_size, "shuffle": False}
     fit = keras_inputs if arguments.keras_inputs else inputs.fit_arguments((images, labels), arguments.batch_size)
     for _ in range(arguments.epochs):  # one fit per epoch, as fmnist train does (each starts a new iterator)
-        started = time.perf_counter()
+        started, faults = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         model.fit(**fit, epochs=1, verbose=0)
         seconds.append(time.perf_counter() - started)
+        page_faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
     later = seconds[1:] or seconds
     rates = [len(images) / each for each in later]
     layout = " (Keras' own transpose)" if arguments.keras_torch_layout else ""
     layout += " (Keras' BatchNorm)" if arguments.keras_batchnorm else ""
     layout += " (Keras' inputs)" if arguments.keras_inputs else ""
+    layout += " (glibc's malloc)" if arguments.glibc_malloc else ""
     print(f"{keras.backend.backend()}{layout} {arguments.model} batch {arguments.batch_size}: epochs "
           + ", ".join(f"{each:.1f} s" for each in seconds)
-          + f"; images/s after the first: {', '.join(f'{rate:,.0f}' for rate in rates)} (best {max(rates):,.0f})")
+          + f"; images/s after the first: {', '.join(f'{rate:,.0f}' for rate in rates)} (best {max(rates):,.0f})"
+          + f"; page faults per epoch after the first: {', '.join(f'{count:,}' for count in page_faults[1:] or page_faults)}")
     return 0
 
 

@@ -205,6 +205,9 @@ COMMANDS = {"data": command_data, "models": command_models, "train": command_tra
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fmnist.allocator import keep_freed_memory
+
+    keep_freed_memory()  # before TensorFlow or PyTorch allocate: each training step's memory stays for the next
     arguments = build_parser().parse_args(argv)
     if arguments.backend:
         os.environ["KERAS_BACKEND"] = arguments.backend
