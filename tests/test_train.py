@@ -80,7 +80,7 @@ def test_completed_run_is_not_trained_again(tiny_run, dataset):
     run_dir, config, metrics = tiny_run
     messages = []
     assert train(config, run_dir, data=dataset, log=messages.append) == metrics
-    assert "already complete" in messages[0]
+    assert messages[0] == f"training tiny into {run_dir}" and "already complete" in messages[1]
 
 
 def test_other_config_in_the_same_directory_is_refused(tiny_run, dataset):

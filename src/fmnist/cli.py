@@ -33,13 +33,10 @@ EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
 
 def command_train(arguments: argparse.Namespace) -> int:
-    from fmnist.models import check_name
     from fmnist.train import train
 
     config = resolve_config(arguments)
-    check_name(config.model)  # before the line that announces the training
     run_dir = Path(arguments.run_dir or f"runs/{config.model}")
-    print(f"training {config.model} into {run_dir}", flush=True)
     metrics = train(config, run_dir, data_dir=arguments.data_dir, report=arguments.report)
     print(
         f"test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f}, "

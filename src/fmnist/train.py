@@ -164,6 +164,7 @@ def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
     run_dir = Path(run_dir)
     log = log or functools.partial(print, flush=True)
     models.check_name(config.model)  # before anything is written: a misspelt name leaves no run directory behind
+    log(f"training {config.model} into {run_dir}")
     if (run_dir / runs.CONFIG).exists():
         check_same_config(run_dir, config)
         if (run_dir / runs.METRICS).exists() and (run_dir / runs.MODEL).exists():
