@@ -9,6 +9,7 @@
     KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --model compact --keras-batchnorm     # Keras' BatchNorm
     python benchmarks/throughput_benchmark.py --keras-inputs                   # Keras' autotuned pipeline for arrays
     KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --glibc-malloc  # malloc's adaptive thresholds
+    python benchmarks/throughput_benchmark.py --model compact --mixed-precision  # bfloat16 (a CPU with AVX512_BF16 or AMX)
 
 One `fit` per epoch over the first `--images` training images (Adam, the spec's loss, no
 validation), fed as `fmnist train` feeds them (`fmnist.inputs`), timed around each call; the first
@@ -35,6 +36,8 @@ def main() -> int:
     parser.add_argument("--jit-compile", action="store_true",
                         help="XLA, or torch.compile on PyTorch (Keras' default on a CPU is off)")
     parser.add_argument("--steps-per-execution", type=int, default=1)
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="layers compute in bfloat16 (float16 on a GPU), weights stay float32")  # fmt: skip
     parser.add_argument("--keras-torch-layout", action="store_true",
                         help="PyTorch backend: Keras' own transpose before each convolution and pooling "
                         "(copies), not fmnist.torch_layout's backport of Keras' fix")  # fmt: skip
@@ -66,7 +69,7 @@ def main() -> int:
     from fmnist import inputs, models, torch_layout
     from fmnist.data import load_dataset
     from fmnist.models import augmentation_layers, build_model
-    from fmnist.recipe import jit_compile
+    from fmnist.recipe import jit_compile, precision
 
     if arguments.keras_torch_layout:
         torch_layout.uninstall()
@@ -77,7 +80,8 @@ def main() -> int:
     images, labels = data.x_train[: arguments.images], data.y_train[: arguments.images]
     keras.utils.set_random_seed(0)
     augmentation = augmentation_layers(2, True, 0.25) if arguments.augment else []
-    model = build_model(arguments.model, augmentation=augmentation)
+    with precision(arguments.mixed_precision):
+        model = build_model(arguments.model, augmentation=augmentation)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"], jit_compile=jit_compile("on" if arguments.jit_compile else "auto"),
                   steps_per_execution=arguments.steps_per_execution)  # fmt: skip
@@ -97,6 +101,7 @@ def main() -> int:
     layout += " (Keras' BatchNorm)" if arguments.keras_batchnorm else ""
     layout += " (Keras' inputs)" if arguments.keras_inputs else ""
     layout += " (glibc's malloc)" if arguments.glibc_malloc else ""
+    layout += f" ({model.dtype_policy.name})" if arguments.mixed_precision else ""
     print(f"{keras.backend.backend()}{layout} {arguments.model} batch {arguments.batch_size}: epochs "
           + ", ".join(f"{each:.1f} s" for each in seconds)
           + f"; images/s after the first: {', '.join(f'{rate:,.0f}' for rate in rates)} (best {max(rates):,.0f})"

@@ -38,6 +38,15 @@ def test_corrupt_data_gives_one_clear_error(real_data_dir, tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr and "broken gzip" in result.stderr
 
 
+def test_best_points_to_best_bfloat16_on_a_cpu_with_bfloat16_arithmetic(tmp_path):
+    from fmnist.recipe import cpu_has_bfloat16
+
+    # an empty data folder stops the run right after the note, before any training
+    result = run_cli("train", "--preset", "best", "--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "run"), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert ("--preset best_bf16 trains a stronger model" in result.stdout) == cpu_has_bfloat16()
+
+
 @pytest.fixture(scope="module")
 def baseline_run(served_run):
     return served_run  # the baseline, 1 epoch on 3,000 images, trained through the CLI once per session

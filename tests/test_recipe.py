@@ -193,7 +193,19 @@ def test_recomputing_batchnorm_statistics_leaves_the_augmentation_random_state_a
     assert [layer.momentum for layer in model.layers if hasattr(layer, "moving_mean")] == momenta
 
 
+def test_bfloat16_instructions_are_read_from_the_cpu_flags():
+    from fmnist.recipe import cpu_has_bfloat16
+
+    zen3 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma bmi2\nbugs\t\t: sysret_ss_attrs\n"
+    zen4 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
+    sapphire_rapids = "flags\t\t: avx512f avx512_fp16 amx_bf16 amx_tile amx_int8\n"
+    assert not cpu_has_bfloat16(zen3) and cpu_has_bfloat16(zen4) and cpu_has_bfloat16(sapphire_rapids)
+    assert not cpu_has_bfloat16("flags\t\t: avx512f avx512_bf16_disabled\n")  # whole flags, not substrings
+    assert not cpu_has_bfloat16("")
+
+
 def test_mixed_precision_computes_in_16_bits_and_keeps_float32_logits(dataset, tmp_path):
+    from fmnist.recipe import cpu_has_bfloat16
     from fmnist.runs import load_model
     from fmnist.train import train
 
@@ -203,7 +215,8 @@ def test_mixed_precision_computes_in_16_bits_and_keeps_float32_logits(dataset, t
     messages = []
     metrics = train(dataclasses.replace(config, mixed_precision=True), tmp_path, **{**quiet, "log": messages.append})
     assert metrics["test_accuracy"] > 0.3 and abs(metrics["test_accuracy"] - full["test_accuracy"]) < 0.05  # learns as well
-    assert any("without a GPU computes in bfloat16" in message for message in messages)  # the user is told why it is slow
+    slow_note = any("without a GPU computes in bfloat16" in message for message in messages)
+    assert slow_note != cpu_has_bfloat16()  # where the CPU lacks bfloat16 arithmetic, the user is told why it is slow
     import keras
 
     assert keras.config.dtype_policy().name == "float32"  # the policy applied to that run's layers only

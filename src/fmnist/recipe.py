@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from pathlib import Path
 
 import keras
 from keras import ops
@@ -111,6 +112,22 @@ def accelerator_present() -> bool:
         import torch
 
         return torch.cuda.is_available()
+    return False
+
+
+def cpu_has_bfloat16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has bfloat16 arithmetic (AVX512_BF16 or AMX), which oneDNN uses for bfloat16 layers.
+
+    Read from the `flags` line of /proc/cpuinfo (or `cpuinfo`, its text); False where there is none (not Linux).
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return bool({"avx512_bf16", "amx_bf16"} & set(line.partition(":")[2].split()))
     return False
 
 

@@ -84,7 +84,8 @@ def build_and_compile(config: TrainConfig, num_classes: int, steps_per_epoch: in
 
 # Models whose training ran markedly faster on the PyTorch backend on a CPU here: compact, `--preset best`'s
 # network: 896 s of training on TensorFlow (16 steps per call) against 511 s on PyTorch with fmnist's fused BatchNorm,
-# means of 3 seeds (BENCHMARKS.md).
+# means of 3 seeds on an AMD EPYC Zen 3; on a Zen 4, 1,044 against 1,245 images/s in float32 and 1,436 against
+# 1,788 in bfloat16 in the throughput benchmark (BENCHMARKS.md).
 SLOWER_ON_TENSORFLOW = ("compact",)
 
 
@@ -186,11 +187,11 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
     if steps_per_execution(config) != config.steps_per_execution:
         log(f"note: the PyTorch backend runs one training step per call; steps_per_execution {config.steps_per_execution} "
             "changes nothing there")  # fmt: skip
-    if config.mixed_precision and not recipe.accelerator_present():
-        log("note: mixed precision without a GPU computes in bfloat16, which most CPUs run slower than float32 "
-            "(--no-mixed-precision turns it off)")  # fmt: skip
+    if config.mixed_precision and not recipe.accelerator_present() and not recipe.cpu_has_bfloat16():
+        log("note: mixed precision without a GPU computes in bfloat16, which this CPU has no instructions for "
+            "(AVX512_BF16 or AMX), so it runs slower than float32 (--no-mixed-precision turns it off)")  # fmt: skip
     if config.model in SLOWER_ON_TENSORFLOW and keras.backend.backend() == "tensorflow" and not recipe.accelerator_present():
-        log(f"note: on a CPU the PyTorch backend trains {config.model} in about 40% less time than TensorFlow "
+        log(f"note: on a CPU the PyTorch backend trains {config.model} in 16-43% less time than TensorFlow on the CPUs measured "
             "(`pip install 'fmnist[torch]'`, then `fmnist --backend torch train ...`; BENCHMARKS.md)")  # fmt: skip
     runs.write_json(run_dir / runs.CONFIG, config.to_dict())
     runs.write_json(run_dir / runs.CLASS_NAMES, list(data.class_names))
