@@ -131,8 +131,8 @@ PRESETS: dict[str, dict] = {
         "warmup_fraction": 0.2, "label_smoothing": 0.1, "epochs": 2, "deterministic": False, "steps_per_execution": 16,
     },
     "fast_bf16": {  # `fast` for CPUs with bfloat16 arithmetic (AVX512_BF16 or AMX): in bfloat16, which trains
-        # baseline_wide about 30% faster there, a third epoch fits the time of `fast`'s two in float32 and validated
-        # 0.8 points higher on 2 seeds on an AMD EPYC Zen 4 (BENCHMARKS.md)
+        # baseline_wide 30% faster there, three epochs still take under a fifth of the spec's time, and validated
+        # 0.8 points above `fast`'s two (2 seeds) on an AMD EPYC Zen 4, where `fast` tests below 0.905 (BENCHMARKS.md)
         "model": "baseline_wide", "batch_size": 64, "learning_rate": 5e-3, "schedule": "onecycle",
         "warmup_fraction": 0.2, "label_smoothing": 0.1, "epochs": 3, "deterministic": False, "steps_per_execution": 16,
         "mixed_precision": True,
@@ -144,7 +144,7 @@ PRESETS: dict[str, dict] = {
         "label_smoothing": 0.1, "flip": True, "tta": True, "deterministic": False, "steps_per_execution": 16,
     },
     "best_bf16": {  # `best` for CPUs with bfloat16 arithmetic (AVX512_BF16 or AMX), where bfloat16 trains `compact`
-        # about 40% faster than float32: 26 epochs fit 15 minutes on 2 cores of an AMD EPYC Zen 4, enough for
+        # 44% faster than float32: 26 epochs fit 15 minutes on 2 cores of an AMD EPYC Zen 4, enough for
         # shifts of 1 pixel and erasing to pay; validated higher than 20 epochs at batch 128 (BENCHMARKS.md)
         "model": "compact", "epochs": 26, "batch_size": 256, "optimizer": "sgd", "learning_rate": 0.2,
         "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle", "warmup_fraction": 0.25,
