@@ -189,7 +189,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
             "changes nothing there")  # fmt: skip
     if config.mixed_precision and not recipe.accelerator_present() and not recipe.cpu_has_bfloat16():
         log("note: mixed precision without a GPU computes in bfloat16, which this CPU has no instructions for "
-            "(AVX512_BF16 or AMX), so it runs slower than float32 (--no-mixed-precision turns it off)")  # fmt: skip
+            "(AVX512_BF16 or AMX), so expect it to run slower than float32 (--no-mixed-precision turns it off)")  # fmt: skip
     if config.model in SLOWER_ON_TENSORFLOW and keras.backend.backend() == "tensorflow" and not recipe.accelerator_present():
         log(f"note: on a CPU the PyTorch backend trains {config.model} in 16-43% less time than TensorFlow on the CPUs measured "
             "(`pip install 'fmnist[torch]'`, then `fmnist --backend torch train ...`; BENCHMARKS.md)")  # fmt: skip
