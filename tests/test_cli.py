@@ -226,7 +226,8 @@ def test_ensemble_predict_and_evaluate_average_the_runs(baseline_run, second_run
 
 def test_evaluate_on_the_held_out_validation_images(baseline_run, second_run, real_data_dir, dataset, tmp_path):
     from fmnist.config import TrainConfig
-    from fmnist.evaluate import ensemble_logits
+    from fmnist.engine import load_engines
+    from fmnist.evaluate import ensemble_logits, predict_logits, softmax
     from fmnist.runs import RunError, load_model
     from fmnist.train import held_out_split, split_indices
 
@@ -242,6 +243,16 @@ def test_evaluate_on_the_held_out_validation_images(baseline_run, second_run, re
     _, validation = split_indices(dataset.y_train, TrainConfig(train_subset=3000))
     logits = ensemble_logits([load_model(baseline_run), load_model(second_run)], dataset.x_train[validation], tta=True)
     assert metrics["eval_accuracy"] == pytest.approx(np.mean(logits.argmax(axis=1) == dataset.y_train[validation]))
+
+    run_cli("evaluate", str(second_run), "--split", "validation", "--tta", "--tta-shift", "1", "--data-dir", str(real_data_dir))
+    metrics = json.loads((second_run / "evaluations" / "validation-tta-shift1" / "metrics.json").read_text())
+    logits = predict_logits(load_model(second_run), dataset.x_train[validation], tta=True, tta_shift=1)
+    assert metrics["tta_shift"] == 1 and metrics["eval_accuracy"] == pytest.approx(
+        np.mean(logits.argmax(axis=1) == dataset.y_train[validation]))  # fmt: skip
+    served = load_engines([second_run], "keras", tta=True, tta_shift=1)  # what `predict` and `serve` run
+    np.testing.assert_allclose(served.probabilities(dataset.x_train[validation]), softmax(logits), atol=1e-6)
+    refused = run_cli("evaluate", str(second_run), "--split", "validation", "--tta-shift", "1", check=False)
+    assert refused.returncode == 1 and "turn on tta (--tta) as well" in refused.stderr
 
     other = tmp_path / "other-split"  # the same model, as if it had held out other images
     shutil.copytree(second_run, other)
@@ -272,7 +283,7 @@ def test_served_ensemble_with_tta_averages_four_predictions(baseline_run, second
         import httpx
 
         info = httpx.get(f"{server.url}/info").json()
-        assert info["tta"] is True and info["ensemble"] == [str(baseline_run), str(second_run)]
+        assert info["tta"] is True and info["tta_shift"] == 0 and info["ensemble"] == [str(baseline_run), str(second_run)]
         body = httpx.post(f"{server.url}/v2/models/shop/infer", json=kserve_body(images)).json()
         served = np.array(body["outputs"][0]["data"]).reshape(16, 10)
         np.testing.assert_allclose(served, expected, atol=1e-5)

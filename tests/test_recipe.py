@@ -65,6 +65,23 @@ def test_flip_tta_averages_an_image_and_its_mirror():
     np.testing.assert_allclose(softmax(predict_logits(model, images, tta=True)), expected, atol=1e-9)
 
 
+def test_shift_tta_averages_every_view_that_shifts_of_a_pixel_and_flips_train_on():
+    from fmnist.evaluate import tta_views
+
+    model = build_model("tiny")
+    images = np.random.default_rng(4).integers(1, 256, size=(5, 28, 28), dtype=np.uint8)  # no zeros, so fill shows
+    views = tta_views(images, 1)
+    np.testing.assert_array_equal(views[0], images)
+    np.testing.assert_array_equal(views[1], images[:, :, ::-1])
+    expected_views = [np.stack([shift_image(image, dy, dx)[:, ::-1] if flip else shift_image(image, dy, dx)
+                                for image in images])  # the shifts RandomShift(1) draws from (test below)
+                      for dy in (-1, 0, 1) for dx in (-1, 0, 1) for flip in (False, True)]  # fmt: skip
+    assert len(views) == 18 and all(any(np.array_equal(view, each) for each in views) for view in expected_views)
+    expected = np.mean([softmax(predict_logits(model, view)) for view in expected_views], axis=0)
+    np.testing.assert_allclose(softmax(predict_logits(model, images, tta=True, tta_shift=1)), expected, atol=1e-9)
+    assert len(tta_views(images, 2)) == 50 and len(tta_views(images)) == 2
+
+
 def test_early_stopping_keeps_the_best_epoch(dataset, tmp_path):
     from fmnist.runs import read_csv
     from fmnist.train import train
@@ -83,6 +100,8 @@ def test_early_stopping_keeps_the_best_epoch(dataset, tmp_path):
     ({"optimizer": "rmsprop"}, "optimizer must be one of"),
     ({"schedule": "step"}, "schedule must be one of"),
     ({"translate": 20}, "translate must be 0-14"),
+    ({"tta_shift": 1}, "turn on tta"),
+    ({"tta": True, "tta_shift": 15}, "tta_shift must be 0-14"),
 ])  # fmt: skip
 def test_bad_recipe_values(values, message):
     with pytest.raises(ValueError, match=message):

@@ -181,12 +181,13 @@ def test_photos_over_the_request_limit_together_are_each_classified(page_server,
 
 
 def test_the_page_says_what_an_ensemble_averages(served_run, browser):
-    server = Server(served_run, "--engine", "keras", "--ensemble", str(served_run), "--tta")
+    server = Server(served_run, "--engine", "keras", "--ensemble", str(served_run), "--tta", "--tta-shift", "1")
     try:
         page = browser.new_page()
         page.goto(server.url + "/")
         page.wait_for_function("document.getElementById('model-platform').textContent !== ''")
-        assert page.text_content("#model-platform") == "baseline, keras, an ensemble of 2 runs, flip TTA"
+        expected = "baseline, keras, an ensemble of 2 runs, flip TTA with shifts of up to 1 pixel"
+        assert page.text_content("#model-platform") == expected
         assert page.text_content("#accuracy-label") == "its first run's test accuracy"
         assert page.text_content("#model-version") == " version 1"
         page.close()

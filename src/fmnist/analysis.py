@@ -112,11 +112,12 @@ class Interpretation:
         data = data or load_dataset(data_dir)
         class_names = runs.load_class_names(run_dir)
         config = TrainConfig.load(run_dir / runs.CONFIG)
+        tta = {"tta": config.tta, "tta_shift": config.tta_shift}
         test_results = (test_results or load_test_predictions(run_dir, class_names)
-                        or evaluate_model(model, data.x_test, data.y_test, class_names, tta=config.tta))  # fmt: skip
+                        or evaluate_model(model, data.x_test, data.y_test, class_names, **tta))  # fmt: skip
         _, validation_indices = split_indices(data.y_train, config)
         validation_images = data.x_train[validation_indices]
-        validation = evaluate_model(model, validation_images, data.y_train[validation_indices], class_names, tta=config.tta)
+        validation = evaluate_model(model, validation_images, data.y_train[validation_indices], class_names, **tta)
         sample = _stratified_sample(data.y_test, EMBEDDING_SAMPLE)
         features = penultimate_features(model, data.x_test[sample])
         return cls(test_results, data.x_test, validation, validation_images, validation_indices, features, data.y_test[sample])

@@ -67,6 +67,9 @@ def add_ensemble_options(parser: argparse.ArgumentParser) -> None:
                         help="another run whose probabilities are averaged with RUN's (repeat for more)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="average each image's prediction with its mirror image's (default: as RUN was evaluated)")
+    parser.add_argument("--tta-shift", type=int, metavar="N",
+                        help="with --tta, also average the views shifted by up to N pixels each way, 2(2N+1)^2 views in "
+                             "all (default: as RUN was evaluated, the `tta_shift` of its config.json)")  # fmt: skip
 
 
 def add_engine_option(parser: argparse.ArgumentParser) -> None:
@@ -113,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--images", help="images as .npy or IDX, or a folder with one subfolder of image "
                                                   "files per class, named after it (default: the test set)")
     evaluate_parser.add_argument("--labels", help="labels as .npy or IDX, with --images as an array")
-    evaluate_parser.add_argument("--output", help="where results on --images, of an ensemble or with another --tta go "
-                                                  "(default: RUN/evaluations/NAME)")
+    evaluate_parser.add_argument("--output", help="where results on --images, of an ensemble or with another --tta or "
+                                                  "--tta-shift go (default: RUN/evaluations/NAME)")
     evaluate_parser.add_argument("--data-dir", help="directory with the four IDX files")
     evaluate_parser.add_argument("--split", choices=("test", "validation"), default="test",
                                  help="the test set (default) or the validation images the run held out, "

@@ -4,13 +4,13 @@
     fmnist models
     fmnist train [--model baseline] [--epochs 10] [--seed 0] [--run-dir runs/baseline] ...
     fmnist evaluate RUN [--images FILE --labels FILE | --images FOLDER [--background auto|light|dark]] [--output DIR]
-                        [--ensemble RUN2 ...] [--tta] [--engine keras|onnx]
-    fmnist predict RUN FILE... [--json] [--top 3] [--background auto|light|dark] [--ensemble RUN2 ...] [--tta]
+                        [--ensemble RUN2 ...] [--tta] [--tta-shift N] [--engine keras|onnx]
+    fmnist predict RUN FILE... [--json] [--top 3] [--background auto|light|dark] [--ensemble RUN2 ...] [--tta] [--tta-shift N]
                        [--engine auto|onnx|keras]
     fmnist report RUN
     fmnist compare RUN RUN... [--json]
     fmnist export RUN [--format onnx|saved_model] [--output PATH] [--model-version N]
-    fmnist serve RUN [--host 127.0.0.1] [--port 8000] [--workers 1] [--ensemble RUN2 ...] [--tta]
+    fmnist serve RUN [--host 127.0.0.1] [--port 8000] [--workers 1] [--ensemble RUN2 ...] [--tta] [--tta-shift N]
                      [--engine auto|onnx|keras] [--model-name NAME] [--model-version 1] [--model-label LABEL ...]
 
 The commands and their options are defined in `fmnist.arguments`; each command here turns its parsed
@@ -52,8 +52,9 @@ def command_train(arguments: argparse.Namespace) -> int:
 
 
 def variant_name(data: str, arguments: argparse.Namespace) -> str:
-    """What was evaluated besides the run as trained, e.g. test-ensemble-tta."""
-    return data + ("-ensemble" if arguments.ensemble else "") + {None: "", True: "-tta", False: "-no-tta"}[arguments.tta]
+    """What was evaluated besides the run as trained, e.g. test-ensemble-tta or validation-tta-shift1."""
+    shift = "" if arguments.tta_shift is None else f"-shift{arguments.tta_shift}"
+    return data + ("-ensemble" if arguments.ensemble else "") + {None: "", True: "-tta", False: "-no-tta"}[arguments.tta] + shift
 
 
 def evaluation_output(arguments: argparse.Namespace, name: str) -> Path:
@@ -100,10 +101,11 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
             raise ValueError(f"{arguments.labels}: labels must be whole numbers from 0 to 9")
         labels = labels.astype("int64")
         output = evaluation_output(arguments, Path(arguments.images).name.split(".")[0])
-    elif ensemble or arguments.tta is not None or arguments.engine == "onnx":
+    elif ensemble or arguments.tta is not None or arguments.tta_shift is not None or arguments.engine == "onnx":
         output = evaluation_output(arguments, variant_name("test", arguments))
     results = evaluate_run(arguments.run, images, labels, output_dir=output, data_dir=arguments.data_dir,
-                           ensemble=ensemble, tta=arguments.tta, image_names=image_names, engine=arguments.engine)  # fmt: skip
+                           ensemble=ensemble, tta=arguments.tta, tta_shift=arguments.tta_shift, image_names=image_names,
+                           engine=arguments.engine)  # fmt: skip
     output = output or Path(arguments.run)
     print(f"accuracy {results.accuracy:.4f}, loss {results.loss:.4f} on {len(results.labels):,} images; written to {output}")
     return 0
@@ -113,7 +115,8 @@ def command_predict(arguments: argparse.Namespace) -> int:
     from fmnist.predict import Predictor
 
     predictor = Predictor.from_runs([arguments.run, *(arguments.ensemble or ())], top_k=arguments.top, tta=arguments.tta,
-                                    background=arguments.background, engine=arguments.engine)  # fmt: skip
+                                    background=arguments.background, engine=arguments.engine,
+                                    tta_shift=arguments.tta_shift)  # fmt: skip
     entries = predictor.predict_files(arguments.files)
     if arguments.json:
         print(json.dumps(entries, indent=2))
@@ -186,7 +189,8 @@ def command_serve(arguments: argparse.Namespace) -> int:
 
     config = ServeConfig(run_dir=arguments.run, engine=arguments.engine, max_batch=arguments.max_batch,
                          max_delay_ms=arguments.max_delay_ms, max_body_bytes=arguments.max_body_mb * 1024 * 1024,
-                         ensemble=tuple(arguments.ensemble or ()), tta=arguments.tta, model_name=arguments.model_name,
+                         ensemble=tuple(arguments.ensemble or ()), tta=arguments.tta, tta_shift=arguments.tta_shift,
+                         model_name=arguments.model_name,
                          model_version=arguments.model_version, model_labels=tuple(arguments.model_label or ()))  # fmt: skip
     serve(config, host=arguments.host, port=arguments.port, workers=arguments.workers)
     return 0

@@ -3,6 +3,7 @@
     engine = load_engine("runs/baseline")                # ONNX Runtime if exported, else Keras
     engine.probabilities(images_uint8)                   # (n, 10) float32
     engine = load_engines(["runs/a", "runs/b"], tta=True)  # an ensemble with flip TTA, as one engine
+    engine = load_engines(["runs/a"], tta=True, tta_shift=1)  # and shifts of a pixel each way (18 views)
     batcher = MicroBatcher(engine, max_batch=256, max_delay=0.002)
     probabilities = await batcher.submit(images_uint8)   # from concurrent requests
 
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fmnist import runs
-from fmnist.evaluate import PREDICT_BATCH_SIZE, in_batches, mirror, predict_logits, softmax
+from fmnist.evaluate import PREDICT_BATCH_SIZE, in_batches, predict_logits, softmax, tta_views
 from fmnist.export import EXPORT_DIR, ONNX_FILE, onnx_session, run_onnx
 
 
@@ -51,24 +52,26 @@ class OnnxEngine:
 
 @dataclasses.dataclass
 class AveragingEngine:
-    """Several engines (an ensemble) and/or each image's mirror image (flip TTA): probabilities averaged."""
+    """Several engines (an ensemble) and/or test-time augmentation's views of each image: probabilities averaged."""
 
     engines: list
-    tta: bool = False
+    tta: bool = False  # each image and its mirror image
+    tta_shift: int = 0  # with tta, both also shifted by up to this many pixels each way (evaluate.tta_views)
 
     @property
     def platform(self) -> str:
         return self.engines[0].platform
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        views = [images, mirror(images)] if self.tta else [images]
+        views = tta_views(images, self.tta_shift) if self.tta else [images]
         return np.mean([engine.probabilities(view) for engine in self.engines for view in views], axis=0, dtype=np.float32)
 
 
-def load_engines(run_dirs: list[str | Path], engine: str = "auto", threads: int | None = None, tta: bool = False):
-    """One engine for several runs (their probabilities averaged) and flip TTA; a plain engine for one run without."""
+def load_engines(run_dirs: list[str | Path], engine: str = "auto", threads: int | None = None, tta: bool = False,
+                 tta_shift: int = 0):  # fmt: skip
+    """One engine for several runs (their probabilities averaged) and TTA; a plain engine for one run without."""
     engines = [load_engine(run_dir, engine, threads) for run_dir in run_dirs]
-    return engines[0] if len(engines) == 1 and not tta else AveragingEngine(engines, tta)
+    return engines[0] if len(engines) == 1 and not tta else AveragingEngine(engines, tta, tta_shift)
 
 
 def load_engine(run_dir: str | Path, engine: str = "auto", threads: int | None = None):

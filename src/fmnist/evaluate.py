@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -33,18 +34,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exponentials / exponentials.sum(axis=1, keepdims=True)
 
 
-def predict_logits(model, images: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE, tta: bool = False) -> np.ndarray:
+def predict_logits(model, images: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE, tta: bool = False,
+                   tta_shift: int = 0) -> np.ndarray:  # fmt: skip
     """Logits (n, classes) for uint8 images (n, 28, 28), in batches, without Keras' predict loop.
 
-    With `tta`, each image and its mirror image are predicted and their probabilities averaged;
+    With `tta`, each of the image's `tta_views` is predicted and their probabilities averaged;
     the log of that average is returned, so that softmax of the result is the average.
     """
+    if tta:
+        return log_mean_probabilities([predict_logits(model, view, batch_size) for view in tta_views(images, tta_shift)])
     batches = in_batches(functools.partial(predict_batch, model), images, batch_size)
-    logits = np.concatenate(batches) if batches else np.zeros((0, model.output_shape[-1]))
-    if not tta:
-        return logits
-    mirrored = predict_logits(model, mirror(images), batch_size)
-    return log_mean_probabilities([logits, mirrored])
+    return np.concatenate(batches) if batches else np.zeros((0, model.output_shape[-1]))
 
 
 def in_batches(predict, images: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE) -> list[np.ndarray]:
@@ -76,6 +76,26 @@ def mirror(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(images[:, :, ::-1])
 
 
+def tta_views(images: np.ndarray, shift: int = 0) -> list[np.ndarray]:
+    """Test-time augmentation's views of images (n, 28, 28): the images and their mirror images, and with `shift`, both
+    moved by every whole-pixel offset of up to `shift` each way, filled with black, as `--translate` shifts in training:
+    2 (2 shift + 1)^2 views, the unshifted pair first (18 for a shift of 1)."""
+    offsets = sorted(itertools.product(range(-shift, shift + 1), repeat=2), key=lambda offset: offset != (0, 0))
+    moved = [shifted(images, *offset) for offset in offsets]
+    return [view for each in moved for view in (each, mirror(each))]
+
+
+def shifted(images: np.ndarray, down: int, right: int) -> np.ndarray:
+    """Images (n, height, width) moved `down` rows and `right` columns (negative: up, left), filled with black (0)."""
+    if not down and not right:
+        return images
+    height, width = images.shape[1:3]
+    moved = np.zeros_like(images)
+    moved[:, max(down, 0) : height + min(down, 0), max(right, 0) : width + min(right, 0)] = \
+        images[:, max(-down, 0) : height + min(-down, 0), max(-right, 0) : width + min(-right, 0)]
+    return moved
+
+
 def log_mean_probabilities(logits: list[np.ndarray]) -> np.ndarray:
     """log(mean of softmax(l) over the list), computed without underflow; its softmax is that mean."""
     from scipy.special import log_softmax, logsumexp
@@ -93,9 +113,9 @@ def engine_logits(engine, images: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(probabilities, np.finfo(np.float32).tiny))
 
 
-def ensemble_logits(models: list, images: np.ndarray, tta: bool = False) -> np.ndarray:
-    """Several models as one: the log of their averaged probabilities (each with flip TTA when `tta`)."""
-    return log_mean_probabilities([predict_logits(model, images, tta=tta) for model in models])
+def ensemble_logits(models: list, images: np.ndarray, tta: bool = False, tta_shift: int = 0) -> np.ndarray:
+    """Several models as one: the log of their averaged probabilities (each with TTA when `tta`)."""
+    return log_mean_probabilities([predict_logits(model, images, tta=tta, tta_shift=tta_shift) for model in models])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,8 +166,9 @@ class ClassificationResults:
         return {f"{prefix}_accuracy": self.accuracy, f"{prefix}_loss": self.loss}
 
 
-def evaluate_model(model, images: np.ndarray, labels: np.ndarray, class_names, tta: bool = False) -> ClassificationResults:
-    logits = predict_logits(model, images, tta=tta)
+def evaluate_model(model, images: np.ndarray, labels: np.ndarray, class_names, tta: bool = False,
+                   tta_shift: int = 0) -> ClassificationResults:  # fmt: skip
+    logits = predict_logits(model, images, tta=tta, tta_shift=tta_shift)
     return ClassificationResults(logits, np.asarray(labels, dtype=np.int64), tuple(class_names))
 
 
@@ -203,13 +224,13 @@ def load_test_predictions(run_dir: Path, class_names) -> ClassificationResults |
 
 def evaluate_run(run_dir: Path, images: np.ndarray | None = None, labels: np.ndarray | None = None,
                  output_dir: Path | None = None, data_dir: Path | None = None,
-                 ensemble: tuple[Path, ...] = (), tta: bool | None = None,
+                 ensemble: tuple[Path, ...] = (), tta: bool | None = None, tta_shift: int | None = None,
                  image_names: list[str] | None = None, engine: str = "keras") -> ClassificationResults:
     """Evaluate a finished run on the test set (default) or on the given images and labels.
 
-    On the test set, as the run was trained (its own `tta`, no ensemble, its Keras model), the run's
+    On the test set, as the run was trained (its own `tta` and `tta_shift`, no ensemble, its Keras model), the run's
     metrics, confusion matrix and report are rewritten in place. Otherwise (other data, other runs in
-    `ensemble` whose probabilities are averaged with this one's, another `tta`, or `engine="onnx"`: each
+    `ensemble` whose probabilities are averaged with this one's, another `tta` or `tta_shift`, or `engine="onnx"`: each
     run's ONNX export through ONNX Runtime) the results go to `output_dir` (required then), with each
     image's prediction in predictions.csv under `image_names` (default: its position), and the run is
     left as it was.
@@ -217,13 +238,13 @@ def evaluate_run(run_dir: Path, images: np.ndarray | None = None, labels: np.nda
     run_dir = runs.require_run(run_dir)
     members = [run_dir, *map(Path, ensemble)]
     class_names = runs.ensemble_class_names(members)
-    trained_tta = runs.run_tta(run_dir)
-    tta = trained_tta if tta is None else tta
-    as_trained = not ensemble and tta == trained_tta and engine == "keras"
+    tta, tta_shift = runs.run_tta(run_dir, tta, tta_shift)
+    as_trained = not ensemble and (tta, tta_shift) == runs.run_tta(run_dir) and engine == "keras"
     if engine == "onnx":
         from fmnist.engine import load_engines  # the engine module imports this one
 
-        onnx_engine = load_engines(members, "onnx", tta=tta)  # fails here, with the fix, for a run without an export
+        # fails here, with the fix, for a run without an export
+        onnx_engine = load_engines(members, "onnx", tta=tta, tta_shift=tta_shift)
     else:
         models = [runs.load_model(member) for member in members]
     if images is None:
@@ -232,7 +253,7 @@ def evaluate_run(run_dir: Path, images: np.ndarray | None = None, labels: np.nda
         dataset = load_dataset(data_dir)
         images, labels = dataset.x_test, dataset.y_test
         if as_trained:
-            results = evaluate_model(models[0], images, labels, class_names, tta=tta)
+            results = evaluate_model(models[0], images, labels, class_names, tta, tta_shift)
             write_run_evaluation(run_dir, runs.read_json(run_dir / runs.METRICS), results)
             from fmnist.report import write_report  # report imports this module
 
@@ -241,13 +262,13 @@ def evaluate_run(run_dir: Path, images: np.ndarray | None = None, labels: np.nda
     if output_dir is None:
         raise ValueError("evaluating on other data, with an ensemble, another --tta or the ONNX export needs an output "
                          "directory")  # fmt: skip
-    logits = engine_logits(onnx_engine, images) if engine == "onnx" else ensemble_logits(models, images, tta)
+    logits = engine_logits(onnx_engine, images) if engine == "onnx" else ensemble_logits(models, images, tta, tta_shift)
     results = ClassificationResults(logits, np.asarray(labels, dtype=np.int64), tuple(class_names))
     members_note = f" (ensemble of {len(members)} runs)" if ensemble else ""
     members_note += " (ONNX export)" if engine == "onnx" else ""
     write_results(results, Path(output_dir), f"accuracy {results.accuracy:.4f} on {len(labels):,} images{members_note}")
     write_predictions(results, Path(output_dir), image_names)
     summary = results.summary("eval") | {"num_images": len(labels), "runs": [str(member) for member in members], "tta": tta,
-                                          "engine": engine}  # fmt: skip
+                                          "tta_shift": tta_shift, "engine": engine}  # fmt: skip
     runs.write_json(Path(output_dir) / runs.METRICS, summary)
     return results

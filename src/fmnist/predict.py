@@ -44,26 +44,27 @@ def expand_directories(paths: list[str | Path]) -> list[Path]:
 
 @dataclasses.dataclass
 class Predictor:
-    engine: object  # engine.py's: one run's model, or several runs' and/or flip TTA, averaged
+    engine: object  # engine.py's: one run's model, or several runs' and/or TTA's views, averaged
     class_names: list[str]
     top_k: int = 3
     background: str = "auto"  # of image files: told from each one's border, or "light" or "dark" for all
 
     @classmethod
     def from_run(cls, run_dir: str | Path, top_k: int = 3, tta: bool | None = None, background: str = "auto",
-                 engine: str = "auto") -> Predictor:  # fmt: skip
-        return cls.from_runs([run_dir], top_k, tta, background, engine)
+                 engine: str = "auto", tta_shift: int | None = None) -> Predictor:  # fmt: skip
+        return cls.from_runs([run_dir], top_k, tta, background, engine, tta_shift)
 
     @classmethod
     def from_runs(cls, run_dirs: list[str | Path], top_k: int = 3, tta: bool | None = None, background: str = "auto",
-                  engine: str = "auto") -> Predictor:  # fmt: skip
-        """The runs' models as one classifier; `tta` defaults to what the first run was evaluated with.
+                  engine: str = "auto", tta_shift: int | None = None) -> Predictor:  # fmt: skip
+        """The runs' models as one classifier; `tta` and `tta_shift` default to what the first run was evaluated with.
 
         `engine`: "auto" (ONNX Runtime for each run with an ONNX export, Keras for the others), "onnx" or "keras".
         """
         run_dirs = [Path(run_dir) for run_dir in run_dirs]
         class_names = runs.ensemble_class_names(run_dirs)
-        return cls(load_engines(run_dirs, engine, tta=runs.run_tta(run_dirs[0], tta)), class_names, top_k, background)
+        tta, tta_shift = runs.run_tta(run_dirs[0], tta, tta_shift)
+        return cls(load_engines(run_dirs, engine, tta=tta, tta_shift=tta_shift), class_names, top_k, background)
 
     def __post_init__(self):
         if self.top_k < 1:

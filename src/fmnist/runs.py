@@ -26,6 +26,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from fmnist.config import tta_shift_problems
+
 CONFIG = "config.json"
 CLASS_NAMES = "class_names.json"
 RUN_INFO = "run_info.json"
@@ -197,6 +199,12 @@ def ensemble_class_names(run_dirs: list[Path]) -> list[str]:
     return names[0]
 
 
-def run_tta(run_dir: Path, requested: bool | None = None) -> bool:
-    """Flip test-time augmentation as `requested`, or else as the run was evaluated (its config's `tta`)."""
-    return bool(read_json(Path(run_dir) / CONFIG).get("tta")) if requested is None else requested
+def run_tta(run_dir: Path, requested: bool | None = None, requested_shift: int | None = None) -> tuple[bool, int]:
+    """Test-time augmentation, flips and the shifts it adds (`evaluate.tta_views`), as requested, or else as the run
+    was evaluated: its config's `tta` and `tta_shift` (no shifts for runs from before they existed)."""
+    config = read_json(Path(run_dir) / CONFIG)
+    tta = bool(config.get("tta")) if requested is None else requested
+    shift = (int(config.get("tta_shift", 0)) if tta else 0) if requested_shift is None else requested_shift
+    if problems := tta_shift_problems(shift, tta):
+        raise ValueError(problems[0])
+    return tta, shift

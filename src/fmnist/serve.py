@@ -62,6 +62,7 @@ class ServeConfig:
     threads: int = 0  # ONNX Runtime threads per server process (0: the cores divided among the workers)
     ensemble: tuple[str, ...] = ()  # other runs whose probabilities are averaged with run_dir's
     tta: bool | None = None  # flip test-time augmentation (None: as run_dir was evaluated)
+    tta_shift: int | None = None  # with tta, shifted views too, up to this many pixels (None: as run_dir was evaluated)
     model_name: str | None = None  # the name in both protocols' paths (None: the run directory's name)
     model_version: int = 1  # the one version served, in both protocols' paths and answers
     model_labels: tuple[str, ...] = ()  # TF Serving's version labels for it (/v1/models/NAME/labels/LABEL)
@@ -90,8 +91,8 @@ def create_app(config: ServeConfig, on_ready: Callable[[], None] | None = None) 
     model_name, model_version = config.served_name, str(config.model_version)
     run_metrics = runs.read_json(run_dir / runs.METRICS)
     class_names = runs.ensemble_class_names([run_dir, *map(Path, config.ensemble)])
-    tta = runs.run_tta(run_dir, config.tta)
-    engine = load_engines([run_dir, *config.ensemble], config.engine, config.threads or None, tta)
+    tta, tta_shift = runs.run_tta(run_dir, config.tta, config.tta_shift)
+    engine = load_engines([run_dir, *config.ensemble], config.engine, config.threads or None, tta, tta_shift)
     metrics = ServerMetrics()
     input_shape, output_shape = [-1, 28, 28], [-1, len(class_names)]  # in both protocols' metadata (-1: any batch)
     batcher = MicroBatcher(engine, config.max_batch, config.max_delay_ms / 1000, on_batch=metrics.batch_size.observe)
@@ -149,7 +150,7 @@ def create_app(config: ServeConfig, on_ready: Callable[[], None] | None = None) 
         return {"model": model_name, "version": config.model_version, "labels": list(config.model_labels),
                 "architecture": run_metrics["model"], "platform": engine.platform,
                 "test_accuracy": run_metrics["test_accuracy"], "class_names": class_names,
-                "ensemble": [str(run_dir), *config.ensemble], "tta": tta}  # fmt: skip
+                "ensemble": [str(run_dir), *config.ensemble], "tta": tta, "tta_shift": tta_shift}  # fmt: skip
 
     @app.get("/v2/health/live", summary="KServe v2: server liveness")
     async def live():

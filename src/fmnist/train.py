@@ -274,8 +274,9 @@ def finish(run_dir: Path, config: TrainConfig, model, data: Dataset, history: li
     """Save the final model, evaluate on validation and then, once, on the test set; write the run's files."""
     runs.save_model(model, run_dir / runs.MODEL)
     runs.save_figure(plots.training_curves(history), run_dir / "training_curves.png")
-    validation_results = evaluate.evaluate_model(model, *validation, data.class_names, tta=config.tta)
-    test_results = evaluate.evaluate_model(model, data.x_test, data.y_test, data.class_names, tta=config.tta)
+    tta = {"tta": config.tta, "tta_shift": config.tta_shift}
+    validation_results = evaluate.evaluate_model(model, *validation, data.class_names, **tta)
+    test_results = evaluate.evaluate_model(model, data.x_test, data.y_test, data.class_names, **tta)
     epochs_trained = state["epochs_done"]
     metrics = {
         "model": config.model,
