@@ -16,7 +16,9 @@ seeds it finished.
 --fit-seconds chooses the number of epochs from the speed of the machine, for a time budget:
 a probe run of two epochs on a fifth of the data (seed 1000, its own folder) times the first
 epoch (which includes compilation) and the second, and the seeds then train for as many epochs
-as fit the budget. Only time decides it, never accuracy.
+as fit the budget. Only time decides it, never accuracy. (`fmnist train --time-budget` sizes one run
+the same way, with its probe counted in the budget; this probe runs once, so every seed trains the
+same epochs.)
 
 --ensemble then evaluates the seeds' runs as one ensemble (`fmnist evaluate --ensemble`, each
 run's probabilities averaged, with the runs' own TTA): on the validation images they held out,

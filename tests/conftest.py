@@ -202,3 +202,25 @@ def png_bytes(array) -> bytes:
 
 def kserve_body(images) -> dict:
     return {"inputs": [{"name": "images", "shape": list(images.shape), "datatype": "UINT8", "data": images.ravel().tolist()}]}
+
+
+class Killed(Exception):
+    """Stands for the training process being killed."""
+
+
+@pytest.fixture
+def kill_after_checkpoint(monkeypatch):
+    """`kill_after_checkpoint(True)`: training raises Killed right after it writes its next checkpoint;
+    `kill_after_checkpoint(False)`: it runs on as before."""
+    import fmnist.train
+
+    real_save_checkpoint = fmnist.train.save_checkpoint
+
+    def save_then_die(*arguments):
+        real_save_checkpoint(*arguments)
+        raise Killed
+
+    def arm(on: bool) -> None:
+        monkeypatch.setattr(fmnist.train, "save_checkpoint", save_then_die if on else real_save_checkpoint)
+
+    return arm

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import Killed
 from fmnist import inputs, runs
 from fmnist.config import TrainConfig
 from fmnist.seeds import epoch_order
@@ -155,24 +156,14 @@ def test_steps_per_execution_trains_the_same_steps(tmp_path, dataset):
     assert grouped_history["loss"] == pytest.approx(history["loss"], rel=1e-5)
 
 
-def test_a_kill_right_after_a_checkpoint_keeps_that_epoch_in_the_history(tmp_path, dataset, monkeypatch):
+def test_a_kill_right_after_a_checkpoint_keeps_that_epoch_in_the_history(tmp_path, dataset, kill_after_checkpoint):
     """The history is written before the checkpoint: a checkpoint ahead of it would leave a row missing for good."""
-    import fmnist.train
-
-    class Killed(Exception):
-        pass
-
-    def save_then_die(*arguments):
-        real_save_checkpoint(*arguments)
-        raise Killed
-
-    real_save_checkpoint = fmnist.train.save_checkpoint
     config = TrainConfig(model="tiny", epochs=2, train_subset=1000, checkpoint_seconds=0)
-    monkeypatch.setattr(fmnist.train, "save_checkpoint", save_then_die)
+    kill_after_checkpoint(True)
     with pytest.raises(Killed):
         train(config, tmp_path, data=dataset, log=lambda *a, **k: None, report=False)
     assert [row["epoch"] for row in runs.read_csv(tmp_path / runs.HISTORY)] == [1]
-    monkeypatch.setattr(fmnist.train, "save_checkpoint", real_save_checkpoint)
+    kill_after_checkpoint(False)
     train(config, tmp_path, data=dataset, log=lambda *a, **k: None, report=False)
     assert [row["epoch"] for row in runs.read_csv(tmp_path / runs.HISTORY)] == [1, 2]
 

@@ -112,7 +112,7 @@ class Interpretation:
         data = data or load_dataset(data_dir)
         class_names = runs.load_class_names(run_dir)
         config = TrainConfig.load(run_dir / runs.CONFIG)
-        tta = {"tta": config.tta, "tta_shift": config.tta_shift}
+        tta = config.tta_options()
         test_results = (test_results or load_test_predictions(run_dir, class_names)
                         or evaluate_model(model, data.x_test, data.y_test, class_names, **tta))  # fmt: skip
         _, validation_indices = split_indices(data.y_train, config)

@@ -28,6 +28,9 @@ def _field(default, help: str):
 class TrainConfig:
     model: str = _field("baseline", "architecture from the model registry (`fmnist models` lists them)")
     epochs: int = _field(10, "passes over the training split")
+    time_budget: float = _field(0.0, "seconds of training to fill on this machine: sets the epochs (overriding "
+                                     "--epochs) to as many as fit 95 percent of it, timed before training by a "
+                                     "probe of a few seconds, which counts against it (0: off)")
     batch_size: int = _field(32, "images per optimisation step")
     learning_rate: float = _field(1e-3, "step size (the peak of the schedule when there is one)")
     optimizer: str = _field("adam", "adam, adamw (decoupled weight decay) or sgd (Nesterov momentum)")
@@ -70,6 +73,8 @@ class TrainConfig:
         problems = []
         if self.epochs < 1:
             problems.append(f"epochs must be at least 1, got {self.epochs}")
+        if not self.time_budget >= 0:
+            problems.append(f"time_budget must be 0 (off) or a number of seconds, got {self.time_budget}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be at least 1, got {self.batch_size}")
         if not self.learning_rate > 0:
@@ -99,6 +104,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def tta_options(self) -> dict:
+        """The test-time augmentation this run is evaluated with, as keywords of `evaluate.evaluate_model`."""
+        return {"tta": self.tta, "tta_shift": self.tta_shift}
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:

@@ -1,6 +1,7 @@
 """What `model.fit` reads: training and validation arrays in memory, in batches, in the order given.
 
     model.fit(**fit_arguments((x, y), 128, (x_val, y_val), 1024), epochs=1, verbose=0)
+    model.evaluate(**evaluate_arguments((x_val, y_val), 1024), verbose=0)
 
 On TensorFlow the arrays go in as a tf.data pipeline with autotuning off. Keras' own pipeline for
 arrays prefetches with `tf.data.AUTOTUNE`, and on this project's machine (TensorFlow 2.21, Linux 6.18)
@@ -29,6 +30,13 @@ def fit_arguments(train: Arrays, batch_size: int,
                 "validation_data": validation, "validation_batch_size": validation_batch_size}  # fmt: skip
     validation_batches = None if validation is None else batches(*validation, validation_batch_size or batch_size)
     return {"x": batches(*train, batch_size), "validation_data": validation_batches, "shuffle": False}
+
+
+def evaluate_arguments(data: Arrays, batch_size: int) -> dict:
+    """Keyword arguments for `model.evaluate` on `data`, through the same pipeline as `fit_arguments`' validation."""
+    if keras.backend.backend() != "tensorflow":
+        return {"x": data[0], "y": data[1], "batch_size": batch_size}
+    return {"x": batches(*data, batch_size)}
 
 
 def batches(images: np.ndarray, labels: np.ndarray, batch_size: int):

@@ -40,6 +40,9 @@ def app_from_environment() -> FastAPI:
     """
     import uvicorn.server
 
+    from fmnist.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the `fmnist` command does in the parent, before the worker's backend allocates
     values = json.loads(os.environ[CONFIG_VARIABLE])
     ready = os.environ.get(READY_VARIABLE)
 

@@ -15,6 +15,7 @@ gives. The test set is evaluated once, after the last epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import platform
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from fmnist import evaluate, inputs, plots, runs
+from fmnist import budget, evaluate, inputs, plots, runs
 from fmnist.config import TrainConfig
 from fmnist.data import Dataset, load_dataset
 from fmnist.interrupts import GracefulStop
@@ -94,6 +95,26 @@ def steps_per_execution(config: TrainConfig) -> int:
 
     # Keras' PyTorch trainer refuses more than one; a preset that sets it still runs there, one step at a time.
     return 1 if keras.backend.backend() == "torch" else config.steps_per_execution
+
+
+def probe_machine(config: TrainConfig, train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray],
+                  num_classes: int) -> budget.Probe:  # fmt: skip
+    """Time the run's training step and validation on a throwaway model built as the run's will be."""
+    import keras
+
+    steps_per_epoch = -(-len(train[1]) // config.batch_size)
+    probe = budget.measure(build_and_compile(config, num_classes, steps_per_epoch), train, validation,
+                           config.batch_size, steps_per_execution(config))  # fmt: skip
+    keras.backend.clear_session()  # the run's model is then built, and named, as without the probe
+    return probe
+
+
+def budgeted_epochs_of(run_dir: Path, config: TrainConfig) -> TrainConfig:
+    """`config` with the epochs that the run in `run_dir` chose for the same time budget, which it keeps on resuming."""
+    saved = TrainConfig.load(run_dir / runs.CONFIG)
+    if config.time_budget and saved.time_budget == config.time_budget:
+        return dataclasses.replace(config, epochs=saved.epochs)
+    return config
 
 
 def check_same_config(run_dir: Path, config: TrainConfig) -> None:
@@ -167,6 +188,7 @@ def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
     models.check_name(config.model)  # before anything is written: a misspelt name leaves no run directory behind
     log(f"training {config.model} into {run_dir}")
     if (run_dir / runs.CONFIG).exists():
+        config = budgeted_epochs_of(run_dir, config)
         check_same_config(run_dir, config)
         if (run_dir / runs.METRICS).exists() and (run_dir / runs.MODEL).exists():
             log(f"{run_dir} is already complete; `fmnist evaluate {run_dir}` re-evaluates it")
@@ -193,21 +215,30 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
     if config.model in SLOWER_ON_TENSORFLOW and keras.backend.backend() == "tensorflow" and not recipe.accelerator_present():
         log(f"note: on a CPU the PyTorch backend trains {config.model} in 16-43% less time than TensorFlow on the CPUs measured "
             "(`pip install 'fmnist[torch]'`, then `fmnist --backend torch train ...`; BENCHMARKS.md)")  # fmt: skip
-    runs.write_json(run_dir / runs.CONFIG, config.to_dict())
-    runs.write_json(run_dir / runs.CLASS_NAMES, list(data.class_names))
-
     seed_everything(config)
     train_indices, validation_indices = split_indices(data.y_train, config)
     x_train, y_train = data.x_train[train_indices], data.y_train[train_indices]
     validation = (data.x_train[validation_indices], data.y_train[validation_indices])
     statistics_images = x_train[: averaging.STATISTICS_IMAGES]  # BatchNorm statistics for averaged weights
+    steps_per_epoch = -(-len(x_train) // config.batch_size)
+    probe = None
+    if config.time_budget and not (run_dir / runs.CONFIG).exists():  # a run that exists keeps its epochs
+        probe = probe_machine(config, (x_train, y_train), validation, len(data.class_names))
+        config = dataclasses.replace(config, epochs=budget.epochs_within(config.time_budget, probe, steps_per_epoch))
+        log(f"time budget {config.time_budget:g} s: an epoch takes about {probe.epoch_seconds(steps_per_epoch):.1f} s "
+            f"here ({steps_per_epoch} steps of {1000 * probe.step_seconds:.0f} ms, validation {probe.validation_seconds:.1f} s), "
+            f"so {config.epochs} epochs (the probe took {probe.seconds:.1f} s)")  # fmt: skip
+        seed_everything(config)  # the probe's model drew from the seeds: the run's starts from them as without it
+    runs.write_json(run_dir / runs.CONFIG, config.to_dict())
+    runs.write_json(run_dir / runs.CLASS_NAMES, list(data.class_names))
 
     checkpoint_dir = run_dir / runs.CHECKPOINT_DIR
-    steps_per_epoch = -(-len(x_train) // config.batch_size)
     model, state = load_checkpoint(checkpoint_dir)
     if model is None:
         model = build_and_compile(config, len(data.class_names), steps_per_epoch)
         state = {"epochs_done": 0, "train_seconds": 0.0, "started": datetime.now(UTC).isoformat(), "stopped_early": False}
+        if probe:
+            state["probe_seconds"] = round(probe.seconds, 3)
     else:
         log(f"resuming {run_dir} after epoch {state['epochs_done']} of {config.epochs}")
         model.steps_per_execution = steps_per_execution(config)  # the checkpoint's is that of the backend it was saved on
@@ -274,7 +305,7 @@ def finish(run_dir: Path, config: TrainConfig, model, data: Dataset, history: li
     """Save the final model, evaluate on validation and then, once, on the test set; write the run's files."""
     runs.save_model(model, run_dir / runs.MODEL)
     runs.save_figure(plots.training_curves(history), run_dir / "training_curves.png")
-    tta = {"tta": config.tta, "tta_shift": config.tta_shift}
+    tta = config.tta_options()
     validation_results = evaluate.evaluate_model(model, *validation, data.class_names, **tta)
     test_results = evaluate.evaluate_model(model, data.x_test, data.y_test, data.class_names, **tta)
     epochs_trained = state["epochs_done"]
@@ -286,6 +317,7 @@ def finish(run_dir: Path, config: TrainConfig, model, data: Dataset, history: li
         "num_train_images": num_train_images,
         "num_validation_images": len(validation[1]),
         "train_seconds": round(state["train_seconds"], 3),
+        **({"time_budget": config.time_budget, "probe_seconds": state["probe_seconds"]} if "probe_seconds" in state else {}),
         "images_per_second": round(num_train_images * epochs_trained / state["train_seconds"], 1),
         **validation_results.summary("val"),
     }

@@ -1,0 +1,106 @@
+"""How many epochs fit a time budget on this machine, from a few seconds of timed training steps.
+
+    probe = measure(model, (x_train, y_train), validation, batch_size=256, steps_per_execution=1)
+    epochs = epochs_within(900, probe, steps_per_epoch=211)   # ValueError if not even one fits
+
+`fmnist train --time-budget 900` uses this: a preset's epochs were sized for the machine its trials ran
+on (`best_bf16`: 26 epochs, 13 minutes on an AMD EPYC Zen 4), and on another CPU the same epochs take
+longer or leave time unused. A one-cycle or cosine schedule needs its length before the first step, so
+the epochs are chosen up front, on a throwaway copy of the model with the run's own settings (network,
+batch size, precision, augmentation, input pipeline), and the run trains for that many.
+
+The probe times the training step, and the validation pass that ends each epoch, on chunks that grow
+until one takes `TIMED_SECONDS`; its first chunk carries the tracing or compiling that the run's first
+epoch pays again. A chunk's time per step includes the start-up of its `fit` call, which a whole epoch
+spreads over more steps, so the estimate errs long: a `best_bf16` probe on a Zen 4 gave 32.7 s an epoch
+for epochs that took 30.5 s. (The line through two chunk sizes, which would part the two, erred short
+instead, 26.9 s: the probe's steps ran faster than an epoch's, for reasons not found.) Everything the probe takes counts
+against the budget, and only `SHARE` of the budget is planned for: the same epochs took up to 10% longer
+within an hour on the machines measured (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+from fmnist import inputs
+from fmnist.evaluate import PREDICT_BATCH_SIZE
+
+SHARE = 0.95  # of the budget, planned for; the rest absorbs the machine's drift in speed
+TIMED_SECONDS = 3.0  # the last chunk of steps (and of validation batches) takes at least this long, data permitting
+FIRST_STEPS = 8  # the first chunk, which traces or compiles the step on TensorFlow and JAX
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    step_seconds: float  # one training step
+    validation_seconds: float  # the validation pass at the end of an epoch
+    first_call_seconds: float  # tracing or compiling, which the run's first epoch pays again
+    seconds: float  # the whole probe
+
+    def epoch_seconds(self, steps_per_epoch: int) -> float:
+        return steps_per_epoch * self.step_seconds + self.validation_seconds
+
+
+def epochs_within(budget: float, probe: Probe, steps_per_epoch: int) -> int:
+    """The epochs that fit `SHARE` of `budget` seconds after the probe and the first call's compiling."""
+    epoch = probe.epoch_seconds(steps_per_epoch)
+    available = SHARE * budget - probe.seconds - probe.first_call_seconds
+    epochs = math.floor(available / epoch) if available > 0 else 0
+    if epochs < 1:
+        overhead = probe.seconds + probe.first_call_seconds
+        raise ValueError(f"a time budget of {budget:g} s fits no epoch here: one takes about {epoch:.1f} s, after "
+                         f"{overhead:.1f} s for the probe that timed it and the first step's compiling; give at least "
+                         f"{math.ceil((epoch + overhead) / SHARE)} s, or drop --time-budget and set --epochs")  # fmt: skip
+    return epochs
+
+
+def measure(model, train: inputs.Arrays, validation: inputs.Arrays, batch_size: int, steps_per_execution: int) -> Probe:
+    """Time `model`'s training steps on `train` and its evaluation on `validation`; the model is trained on."""
+    started = time.perf_counter()
+
+    def fit(steps: int) -> None:
+        images = slice(0, steps * batch_size)
+        model.fit(**inputs.fit_arguments((train[0][images], train[1][images]), batch_size), epochs=1, verbose=0)
+
+    def validate(batches: int) -> None:
+        images = slice(0, batches * PREDICT_BATCH_SIZE)
+        model.evaluate(**inputs.evaluate_arguments((validation[0][images], validation[1][images]), PREDICT_BATCH_SIZE),
+                       verbose=0)  # fmt: skip
+
+    # whole calls into the backend, as the run makes them
+    step, first_fit = seconds_per_unit(fit, -(-len(train[1]) // batch_size), FIRST_STEPS, steps_per_execution)
+    validation_batches = -(-len(validation[1]) // PREDICT_BATCH_SIZE)
+    batch, first_validation = seconds_per_unit(validate, validation_batches)
+    return Probe(step_seconds=step, validation_seconds=batch * validation_batches,
+                 first_call_seconds=first_fit + first_validation, seconds=time.perf_counter() - started)  # fmt: skip
+
+
+def seconds_per_unit(run, available: int, first: int = 1, multiple: int = 1) -> tuple[float, float]:
+    """(seconds per unit, the first call's extra seconds) of `run(units)`.
+
+    After a first chunk of `first` units, chunks grow until one takes `TIMED_SECONDS` or all `available`
+    units; the last sets the time per unit, and the first's excess over it is the first call's extra time:
+    tracing or compiling.
+    """
+
+    def chunk(units: int) -> int:
+        return min(-(-units // multiple) * multiple, available)
+
+    units = first_units = chunk(first)
+    first_seconds = timed(run, units)
+    per_unit = first_seconds / units
+    while True:
+        units = chunk(max(units * 2, math.ceil(TIMED_SECONDS / per_unit)))
+        seconds = timed(run, units)
+        per_unit = seconds / units
+        if seconds >= TIMED_SECONDS or units == available:
+            return per_unit, max(first_seconds - first_units * per_unit, 0.0)
+
+
+def timed(run, units: int) -> float:
+    started = time.perf_counter()
+    run(units)
+    return time.perf_counter() - started
