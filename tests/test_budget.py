@@ -40,7 +40,7 @@ def test_chunks_grow_until_one_is_long_enough_and_the_first_calls_extra_time_is_
 
     per_unit, first_call = seconds_per_unit(run, available=1000, first=8, multiple=4)
     assert calls[0] == 8 and all(units % 4 == 0 for units in calls)
-    assert calls[-1] * 0.01 >= 0.3 > calls[-2] * 0.01  # the first chunk long enough ends it
+    assert calls[-1] * 0.01 >= 0.3 > calls[-2] * 0.01  # the first chunk long enough is the last
     assert all(later >= 2 * earlier for earlier, later in zip(calls, calls[1:], strict=False))  # growing at least twofold
     assert per_unit == pytest.approx(0.01, rel=0.3)
     assert first_call == pytest.approx(0.2, abs=0.1)
