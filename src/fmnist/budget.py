@@ -14,9 +14,9 @@ until one takes `TIMED_SECONDS`; its first chunk carries the tracing or compilin
 epoch pays again. A chunk's time per step includes the start-up of its `fit` call, which a whole epoch
 spreads over more steps, so the estimate errs long: a `best_bf16` probe on a Zen 4 gave 32.7 s an epoch
 for epochs that took 30.5 s. (The line through two chunk sizes, which would part the two, erred short
-instead, 26.9 s: the probe's steps ran faster than an epoch's, for reasons not found.) Everything the probe takes counts
-against the budget, and only `SHARE` of the budget is planned for: the same epochs took up to 10% longer
-within an hour on the machines measured (BENCHMARKS.md).
+instead, 26.9 s: the probe's steps ran faster than an epoch's, for reasons not found.) Everything the
+probe takes counts against the budget, and only `SHARE` of the budget is planned for: the same epochs
+took up to 10% longer within an hour on the machines measured (BENCHMARKS.md).
 """
 
 from __future__ import annotations
