@@ -98,11 +98,10 @@ def steps_per_execution(config: TrainConfig) -> int:
 
 
 def probe_machine(config: TrainConfig, train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray],
-                  num_classes: int) -> budget.Probe:  # fmt: skip
+                  num_classes: int, steps_per_epoch: int) -> budget.Probe:  # fmt: skip
     """Time the run's training step and validation on a throwaway model built as the run's will be."""
     import keras
 
-    steps_per_epoch = -(-len(train[1]) // config.batch_size)
     probe = budget.measure(build_and_compile(config, num_classes, steps_per_epoch), train, validation,
                            config.batch_size, steps_per_execution(config))  # fmt: skip
     keras.backend.clear_session()  # the run's model is then built, and named, as without the probe
@@ -223,7 +222,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
     steps_per_epoch = -(-len(x_train) // config.batch_size)
     probe = None
     if config.time_budget and not (run_dir / runs.CONFIG).exists():  # a run that exists keeps its epochs
-        probe = probe_machine(config, (x_train, y_train), validation, len(data.class_names))
+        probe = probe_machine(config, (x_train, y_train), validation, len(data.class_names), steps_per_epoch)
         config = dataclasses.replace(config, epochs=budget.epochs_within(config.time_budget, probe, steps_per_epoch))
         log(f"time budget {config.time_budget:g} s: an epoch takes about {probe.epoch_seconds(steps_per_epoch):.1f} s "
             f"here ({steps_per_epoch} steps of {1000 * probe.step_seconds:.0f} ms, validation {probe.validation_seconds:.1f} s), "
