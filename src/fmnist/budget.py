@@ -12,11 +12,13 @@ batch size, precision, augmentation, input pipeline), and the run trains for tha
 The probe times the training step, and the validation pass that ends each epoch, on chunks that grow
 until one takes `TIMED_SECONDS`; its first chunk carries the tracing or compiling that the run's first
 epoch pays again. A chunk's time per step includes the start-up of its `fit` call, which a whole epoch
-spreads over more steps, so the estimate errs long: a `best_bf16` probe on a Zen 4 gave 32.7 s an epoch
-for epochs that took 30.5 s. (The line through two chunk sizes, which would part the two, erred short
-instead, 26.9 s: the probe's steps ran faster than an epoch's, for reasons not found.) Everything the
-probe takes counts against the budget, and only `SHARE` of the budget is planned for: the same epochs
-took up to 10% longer within an hour on the machines measured (BENCHMARKS.md).
+spreads over more steps, so the estimate leans long: a `best_bf16` probe on a Zen 4 gave 32.7 s an epoch
+for epochs that took 30.5 s on the PyTorch backend. (The line through two chunk sizes, which would part the
+two, erred short instead, 26.9 s: the probe's steps ran faster than an epoch's, for reasons not found.)
+Everything the probe takes counts against the budget, and only `SHARE` of the budget is planned for: the same
+epochs took up to 10% longer within an hour on the machines measured. A machine that slows down by more
+during the run overruns the budget: on TensorFlow, on the same Zen 4, the probe gave 39.4 s an epoch for
+epochs that then took 45.2 s on the mean, 7% over 900 s (BENCHMARKS.md).
 """
 
 from __future__ import annotations
