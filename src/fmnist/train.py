@@ -108,16 +108,14 @@ def probe_machine(config: TrainConfig, train: tuple[np.ndarray, np.ndarray], val
     return probe
 
 
-def budgeted_epochs_of(run_dir: Path, config: TrainConfig) -> TrainConfig:
-    """`config` with the epochs that the run in `run_dir` chose for the same time budget, which it keeps on resuming."""
-    saved = TrainConfig.load(run_dir / runs.CONFIG)
+def budgeted_epochs_of(saved: TrainConfig, config: TrainConfig) -> TrainConfig:
+    """`config` with the epochs a run whose config.json holds `saved` chose for the same time budget: kept on resuming."""
     if config.time_budget and saved.time_budget == config.time_budget:
         return dataclasses.replace(config, epochs=saved.epochs)
     return config
 
 
-def check_same_config(run_dir: Path, config: TrainConfig) -> None:
-    saved = TrainConfig.load(run_dir / runs.CONFIG)
+def check_same_config(run_dir: Path, saved: TrainConfig, config: TrainConfig) -> None:
     if saved != config:
         changed = {key: (value, getattr(config, key)) for key, value in saved.to_dict().items() if getattr(config, key) != value}
         details = ", ".join(f"{key}: {old!r} in the run, {new!r} now" for key, (old, new) in changed.items())
@@ -187,8 +185,9 @@ def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
     models.check_name(config.model)  # before anything is written: a misspelt name leaves no run directory behind
     log(f"training {config.model} into {run_dir}")
     if (run_dir / runs.CONFIG).exists():
-        config = budgeted_epochs_of(run_dir, config)
-        check_same_config(run_dir, config)
+        saved = TrainConfig.load(run_dir / runs.CONFIG)
+        config = budgeted_epochs_of(saved, config)
+        check_same_config(run_dir, saved, config)
         if (run_dir / runs.METRICS).exists() and (run_dir / runs.MODEL).exists():
             log(f"{run_dir} is already complete; `fmnist evaluate {run_dir}` re-evaluates it")
             return runs.read_json(run_dir / runs.METRICS)
