@@ -6,7 +6,7 @@
     KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --jit-compile  # torch.compile (slower too)
     KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --model bn_cnn
     KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --model compact --keras-torch-layout  # Keras' transpose
-    KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --model compact --keras-batchnorm     # Keras' BatchNorm
+    python benchmarks/throughput_benchmark.py --model compact --keras-batchnorm     # Keras' BatchNorm, not the fused one
     python benchmarks/throughput_benchmark.py --keras-inputs                   # Keras' autotuned pipeline for arrays
     KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --glibc-malloc  # malloc's adaptive thresholds
     python benchmarks/throughput_benchmark.py --model compact --mixed-precision  # bfloat16 (a CPU with AVX512_BF16 or AMX)
@@ -43,7 +43,7 @@ def main() -> int:
                         "(copies), not fmnist.torch_layout's backport of Keras' fix")  # fmt: skip
     parser.add_argument("--keras-batchnorm", action="store_true",
                         help="Keras' own BatchNormalization layer, composed from operations, not fmnist.batchnorm's, "
-                        "which trains with PyTorch's fused kernel on that backend")  # fmt: skip
+                        "which trains with the backend's fused kernel on PyTorch and TensorFlow")  # fmt: skip
     parser.add_argument("--keras-inputs", action="store_true",
                         help="TensorFlow: the arrays as they are, through Keras' own tf.data pipeline (autotuned), "
                         "not fmnist.inputs' pipeline without autotuning")  # fmt: skip

@@ -104,7 +104,7 @@ BATCHNORM_CHECK = textwrap.dedent("""
         return found
 
     def train_step(layer, inputs, upstream, **options):  # outputs, gradients and moving statistics of one call
-        inputs = torch.tensor(inputs, requires_grad=True)
+        inputs = torch.as_tensor(inputs).clone().requires_grad_(True)
         outputs = layer(inputs, training=True, **options)
         (outputs * torch.tensor(upstream)).sum().backward()
         results = [outputs, inputs.grad, layer.gamma.value.grad, layer.beta.value.grad, layer.moving_mean, layer.moving_variance]
@@ -136,9 +136,24 @@ BATCHNORM_CHECK = textwrap.dedent("""
     assert "NativeBatchNormBackward0" not in train_step(masked, inputs=generator.normal(size=(32, 7, 7, 16)).astype("float32"),
                                                         upstream=numpy.ones((32, 7, 7, 16), "float32"), mask=mask)[1]
 
-    # mixed precision: statistics in float32, the output in the layer's compute dtype
-    mixed = BatchNormalization(dtype="mixed_bfloat16")
-    assert keras.backend.standardize_dtype(mixed(torch.ones(4, 3, 3, 2), training=True).dtype) == "bfloat16"
+    # mixed precision: the kernel takes the bfloat16 activations without casting them to float32 and back (Keras'
+    # layer does, and so did this one), and computes what Keras' layer computes up to bfloat16's rounding
+    shape = (32, 7, 7, 16)
+    inputs = torch.tensor(generator.normal(2.0, 0.5, shape), dtype=torch.bfloat16)
+    upstream = generator.normal(size=shape).astype("float32")
+    ours, keras_own = BatchNormalization(dtype="mixed_bfloat16"), keras.layers.BatchNormalization(dtype="mixed_bfloat16")
+    for layer in (ours, keras_own):
+        layer.build(shape)
+        layer.set_weights([numpy.linspace(0.5, 1.5, 16), numpy.linspace(-1, 1, 16), numpy.zeros(16), numpy.ones(16)])
+    our_results, our_nodes = train_step(ours, inputs, upstream)
+    keras_results, keras_nodes = train_step(keras_own, inputs, upstream)
+    assert "NativeBatchNormBackward0" in our_nodes and "ToCopyBackward0" not in our_nodes, our_nodes
+    assert "ToCopyBackward0" in keras_nodes, keras_nodes
+    assert our_results[0].dtype == keras_results[0].dtype == "bfloat16" and our_results[1].dtype == "bfloat16"
+    for name, mine, theirs, tolerance in zip(["outputs", "input gradient", "gamma gradient", "beta gradient",
+                                              "moving mean", "moving variance"], our_results, keras_results,
+                                             [3e-2, 3e-2, 1e-2, 1e-2, 1e-5, 1e-5]):  # bfloat16 keeps 8 bits
+        numpy.testing.assert_allclose(numpy.float32(mine), numpy.float32(theirs), rtol=tolerance, atol=tolerance, err_msg=name)
 
     # a saved model keeps fmnist's layer, so a resumed run trains as fast as it started
     from fmnist.models import build_model
@@ -153,6 +168,51 @@ BATCHNORM_CHECK = textwrap.dedent("""
 
 def test_batchnorm_trains_with_pytorch_s_fused_kernel_and_computes_what_keras_does():
     assert "fused and equal" in run_on("torch", BATCHNORM_CHECK).stdout
+
+
+# On TensorFlow it trains images with TensorFlow's fused kernel (FusedBatchNormV3), and computes what Keras' layer does.
+TENSORFLOW_BATCHNORM_CHECK = textwrap.dedent("""
+    import keras, numpy, tensorflow as tf
+    from fmnist.batchnorm import BatchNormalization
+    generator = numpy.random.default_rng(0)
+
+    def train_step(layer, inputs, upstream):  # outputs, gradients, moving statistics, and the ops of one traced call
+        @tf.function
+        def step(inputs):
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                outputs = layer(inputs, training=True)
+                loss = tf.reduce_sum(tf.cast(outputs, "float32") * upstream)
+            return [outputs, *tape.gradient(loss, [inputs, layer.gamma.value, layer.beta.value])]
+        results = step(inputs)
+        ops = {op.type for op in step.get_concrete_function(inputs).graph.get_operations()}
+        values = [*results, layer.moving_mean, layer.moving_variance]
+        return [numpy.float32(keras.ops.convert_to_numpy(value)) for value in values], results[0].dtype, ops
+
+    # images in float32 and in bfloat16 (mixed precision: the activations go in and out as they are), dense features
+    for shape, policy in [((32, 7, 7, 16), "float32"), ((32, 7, 7, 16), "mixed_bfloat16"), ((64, 12), "float32")]:
+        inputs = tf.constant(generator.normal(2.0, 0.5, shape), "bfloat16" if policy != "float32" else "float32")
+        upstream = generator.normal(size=shape).astype("float32")
+        ours = BatchNormalization(momentum=0.9, dtype=policy)
+        keras_own = keras.layers.BatchNormalization(momentum=0.9, dtype=policy)
+        for layer in (ours, keras_own):
+            layer.build(shape)
+            layer.set_weights([numpy.linspace(0.5, 1.5, shape[-1]), numpy.linspace(-1, 1, shape[-1]),
+                               numpy.full(shape[-1], 0.5), numpy.full(shape[-1], 2.0)])
+        our_results, our_dtype, our_ops = train_step(ours, inputs, upstream)
+        keras_results, keras_dtype, keras_ops = train_step(keras_own, inputs, upstream)
+        assert ("FusedBatchNormV3" in our_ops) == (len(shape) == 4), our_ops  # images only: the kernel wants 4 axes
+        assert "FusedBatchNormV3" not in keras_ops and our_dtype == keras_dtype == inputs.dtype
+        tolerance = 1e-4 if policy == "float32" else 3e-2  # bfloat16 keeps 8 bits
+        for name, mine, theirs in zip(["outputs", "input gradient", "gamma gradient", "beta gradient", "moving mean",
+                                       "moving variance"], our_results, keras_results):
+            numpy.testing.assert_allclose(mine, theirs, rtol=tolerance, atol=tolerance, err_msg=f"{name}, {policy}")
+    print("fused and equal")
+""")
+
+
+def test_batchnorm_trains_with_tensorflow_s_fused_kernel_and_computes_what_keras_does():
+    assert "fused and equal" in run_on("tensorflow", TENSORFLOW_BATCHNORM_CHECK).stdout
 
 
 # Inference records no operations for a backward pass on PyTorch (it did, and ran 25-45% slower for it).

@@ -291,6 +291,41 @@ def test_served_ensemble_with_tta_averages_four_predictions(baseline_run, second
         server.close()
 
 
+def test_an_export_of_an_ensemble_with_tta_computes_what_evaluate_does(baseline_run, second_run, real_data_dir, dataset):
+    import tensorflow as tf
+
+    from fmnist.evaluate import ensemble_logits, softmax
+    from fmnist.export import onnx_session, run_onnx
+    from fmnist.runs import load_model
+
+    own_export = baseline_run / "export" / "model.onnx"
+    before = own_export.read_bytes() if own_export.exists() else None
+    result = run_cli("export", str(baseline_run), "--ensemble", str(second_run), "--tta", "--tta-shift", "1",
+                     "--data-dir", str(real_data_dir))  # fmt: skip
+    assert "averaging 2 run(s) over 18 view(s) of each image" in result.stdout and "passed" in result.stdout
+    parity = json.loads((baseline_run / "export" / "averaged_onnx_parity.json").read_text())
+    assert parity["runs"] == [str(baseline_run), str(second_run)] and parity["tta"] and parity["tta_shift"] == 1
+    # other images than the parity check's 1,000: one graph gives what evaluate --ensemble --tta --tta-shift 1 gives
+    images, models = dataset.x_test[-300:], [load_model(baseline_run), load_model(second_run)]
+    exported = run_onnx(onnx_session(baseline_run / "export" / "averaged.onnx"), images)
+    np.testing.assert_allclose(exported, softmax(ensemble_logits(models, images, tta=True, tta_shift=1)), atol=1e-5)
+    # the run's own export, which `serve` adds the views to, is left as it was
+    assert (own_export.read_bytes() if own_export.exists() else None) == before
+
+    # flip TTA alone of one run, for TF Serving: the SavedModel's signature takes the raw images
+    run_cli("export", str(second_run), "--format", "saved_model", "--tta", "--data-dir", str(real_data_dir))
+    signature = tf.saved_model.load(str(second_run / "export" / "averaged_saved_model" / "1")).signatures["serving_default"]
+    served = signature(images=tf.constant(images))["probabilities"].numpy()
+    np.testing.assert_allclose(served, softmax(ensemble_logits(models[1:], images, tta=True)), atol=1e-5)
+    assert not (second_run / "export" / "saved_model").exists()
+
+    refused = run_cli("export", str(second_run), "--tta-shift", "1", check=False)
+    assert refused.returncode == 1 and "turn on tta (--tta) as well" in refused.stderr
+    refused = run_cli("export", str(second_run), "--tta", "--output", str(second_run / "export" / "model.onnx"), check=False)
+    assert refused.returncode == 1 and "is the run's own export" in refused.stderr
+    assert not (second_run / "export" / "model.onnx").exists()
+
+
 def test_ensemble_of_runs_with_other_classes_is_refused(baseline_run, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(baseline_run, other)

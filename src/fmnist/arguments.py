@@ -150,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
                                help="the SavedModel's version directory under the base path, as TF Serving numbers "
                                     "them (default: 1)")
     export_parser.add_argument("--data-dir", help="directory with the four IDX files (for the parity check)")
+    export_parser.add_argument("--ensemble", action="append", metavar="RUN",
+                               help="another run whose model the export runs too, averaging the probabilities (repeat "
+                                    "for more); written to RUN/export/averaged.onnx or averaged_saved_model/")
+    export_parser.add_argument("--tta", action="store_true",
+                               help="average each image's views in the export: it and its mirror image, and the shifted "
+                                    "views RUN was evaluated with (its config's tta_shift); as --ensemble, to averaged.*")
+    export_parser.add_argument("--tta-shift", type=int, metavar="N",
+                               help="with --tta, the views shifted by up to N pixels each way instead")
 
     serve_parser = commands.add_parser("serve", help="serve a run over HTTP: KServe v2, TF Serving REST, web page")
     serve_parser.add_argument("run", help="run directory")

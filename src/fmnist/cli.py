@@ -9,7 +9,8 @@
                        [--engine auto|onnx|keras]
     fmnist report RUN
     fmnist compare RUN RUN... [--json]
-    fmnist export RUN [--format onnx|saved_model] [--output PATH] [--model-version N]
+    fmnist export RUN [--format onnx|saved_model] [--output PATH] [--model-version N] [--ensemble RUN2 ...] [--tta]
+                      [--tta-shift N]
     fmnist serve RUN [--host 127.0.0.1] [--port 8000] [--workers 1] [--ensemble RUN2 ...] [--tta] [--tta-shift N]
                      [--engine auto|onnx|keras] [--model-name NAME] [--model-version 1] [--model-label LABEL ...]
 
@@ -175,8 +176,14 @@ def command_export(arguments: argparse.Namespace) -> int:
     from fmnist.export import export_run
 
     report = export_run(arguments.run, arguments.format, data_dir=arguments.data_dir, output=arguments.output,
-                        model_version=arguments.model_version)  # fmt: skip
-    print(f"{report['format']} export written to {report['path']}\n"
+                        model_version=arguments.model_version, ensemble=tuple(arguments.ensemble or ()),
+                        tta=arguments.tta, tta_shift=arguments.tta_shift)  # fmt: skip
+    if "runs" in report:  # an ensemble's or TTA's export
+        views = 2 * (2 * report["tta_shift"] + 1) ** 2 if report["tta"] else 1
+        averaged = f" (averaging {len(report['runs'])} run(s) over {views} view(s) of each image)"
+    else:
+        averaged = ""
+    print(f"{report['format']} export{averaged} written to {report['path']}\n"
           f"parity on {report['num_images']:,} test images: max |probability difference| "
           f"{report['max_abs_difference']:.2e} (tolerance {report['tolerance']:.0e}), "
           f"argmax agreement {report['argmax_agreement']:.4f}: {'passed' if report['passed'] else 'FAILED'}")  # fmt: skip

@@ -80,9 +80,13 @@ def tta_views(images: np.ndarray, shift: int = 0) -> list[np.ndarray]:
     """Test-time augmentation's views of images (n, 28, 28): the images and their mirror images, and with `shift`, both
     moved by every whole-pixel offset of up to `shift` each way, filled with black, as `--translate` shifts in training:
     2 (2 shift + 1)^2 views, the unshifted pair first (18 for a shift of 1)."""
-    offsets = sorted(itertools.product(range(-shift, shift + 1), repeat=2), key=lambda offset: offset != (0, 0))
-    moved = [shifted(images, *offset) for offset in offsets]
+    moved = [shifted(images, *offset) for offset in tta_offsets(shift)]
     return [view for each in moved for view in (each, mirror(each))]
+
+
+def tta_offsets(shift: int) -> list[tuple[int, int]]:
+    """The (down, right) offsets of `tta_views`, of up to `shift` pixels each way, (0, 0) first."""
+    return sorted(itertools.product(range(-shift, shift + 1), repeat=2), key=lambda offset: offset != (0, 0))
 
 
 def shifted(images: np.ndarray, down: int, right: int) -> np.ndarray:

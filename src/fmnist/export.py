@@ -12,6 +12,14 @@ base path, the layout TF Serving loads (`--model_base_path` is the folder above 
 check runs both models on test images: the largest absolute difference of probabilities must be
 at most 1e-5 and every argmax must agree, or the export is removed and an error raised.
 A model trained in mixed precision is exported computing in float32 (its weights already are).
+
+    report = export_run("runs/best", "onnx", ensemble=["runs/best-1"], tta=True)   # runs/best/export/averaged.onnx
+
+With `ensemble` or `tta` the export is the classifier `fmnist evaluate` measures with them: one graph that
+averages the probabilities of several runs' models and of test-time augmentation's views (each image,
+its mirror image and, with `tta_shift`, both shifted), made in the graph from the raw images. It is
+written beside the run's own export, as averaged.onnx or averaged_saved_model/, never in its place:
+`fmnist serve` and `predict` run RUN/export/model.onnx as one model and add the views themselves.
 """
 
 from __future__ import annotations
@@ -24,12 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from fmnist import runs
-from fmnist.evaluate import predict_logits, softmax
+from fmnist.evaluate import ensemble_logits, softmax, tta_offsets
 
 FORMATS = ("onnx", "saved_model")
 EXPORT_DIR = "export"
 ONNX_FILE = "model.onnx"
 SAVED_MODEL_DIR = "saved_model"  # a model base path: the SavedModel is in its version directory, saved_model/1/
+AVERAGED = "averaged"  # the name's stem for an export of an ensemble or of TTA's views: averaged.onnx, averaged_saved_model/
 SAVED_MODEL_FILE = "saved_model.pb"
 PARITY_IMAGES = 1000
 PARITY_TOLERANCE = 1e-5
@@ -66,6 +75,40 @@ def with_softmax(model):
     wrapped = keras.Model(images, probabilities, name=f"{model.name}_probabilities")
     wrapped(np.zeros((1, 28, 28), dtype=np.uint8))  # Keras' exporters want a model that has been called once
     return wrapped
+
+
+def averaging(models: list, tta: bool, tta_shift: int):
+    """One model, raw uint8 images to probabilities, that averages `models`' softmax over TTA's views of each image.
+
+    The views are `evaluate.tta_views`' (the same pixels moved, black filling in) stacked along the batch, so each
+    model runs once per call on all of them, as the server's averaging engine runs it.
+    """
+    import keras
+    from keras import ops
+
+    images = keras.Input(shape=models[0].input.shape[1:], dtype=models[0].input.dtype, name="images")
+    views = graph_views(images, tta_shift) if tta else [images]
+    stacked = ops.concatenate(views, axis=0) if len(views) > 1 else images
+    averages = []
+    for index, model in enumerate(models):
+        model.name = f"member_{index}"  # the runs' models share their network's name, which one graph must not repeat
+        probabilities = ops.softmax(ops.cast(model(stacked, training=False), "float32"))  # training=False: as in with_softmax
+        averages.append(ops.mean(ops.reshape(probabilities, (len(views), -1, probabilities.shape[-1])), axis=0))
+    average = averages[0] if len(averages) == 1 else ops.mean(ops.stack(averages), axis=0)
+    wrapped = keras.Model(images, keras.layers.Identity(name="probabilities")(average), name=AVERAGED)
+    wrapped(np.zeros((1, 28, 28), dtype=np.uint8))
+    return wrapped
+
+
+def graph_views(images, shift: int) -> list:
+    """`evaluate.tta_views` as operations on a symbolic batch of images (batch, height, width)."""
+    from keras import ops
+
+    padded = ops.pad(images, [[0, 0], [shift, shift], [shift, shift]]) if shift else images  # black fills in, as there
+    height, width = images.shape[1:3]
+    moved = [padded[:, shift - down : shift - down + height, shift - right : shift - right + width]
+             for down, right in tta_offsets(shift)]  # fmt: skip
+    return [view for each in moved for view in (each, ops.flip(each, axis=2))]
 
 
 def computing_in_float32(model):
@@ -128,8 +171,11 @@ def write_saved_model(model, destination: Path) -> callable:
     return lambda images: signature(images=tf.constant(images))["probabilities"].numpy()
 
 
-def destination(run_dir: Path, export_format: str, output: str | Path | None, model_version: int | None) -> Path:
+def destination(run_dir: Path, export_format: str, output: str | Path | None, model_version: int | None,
+                averaged: bool = False) -> Path:  # fmt: skip
     """Where the export goes: the ONNX file, or the SavedModel's version directory under the base path."""
+    onnx_file = f"{AVERAGED}.onnx" if averaged else ONNX_FILE
+    saved_model_dir = f"{AVERAGED}_{SAVED_MODEL_DIR}" if averaged else SAVED_MODEL_DIR
     if export_format == "onnx":
         if model_version is not None:
             raise ExportError("--model-version numbers a SavedModel's directory for TF Serving (--format saved_model); "
@@ -137,10 +183,15 @@ def destination(run_dir: Path, export_format: str, output: str | Path | None, mo
         if output and Path(output).suffix != ".onnx" and not Path(output).is_dir():
             # the name tells an export apart from other files, so that exporting again replaces it and nothing else
             raise ExportError(f"--output {output}: an ONNX file's name ends in .onnx, e.g. {Path(output).with_suffix('.onnx')}")
-        return Path(output) if output else run_dir / EXPORT_DIR / ONNX_FILE
+        own_export = run_dir / EXPORT_DIR / ONNX_FILE
+        if averaged and output and Path(output).resolve() == own_export.resolve():
+            raise ExportError(f"--output {output} is the run's own export, which `fmnist serve` and `predict` run as one "
+                              f"network and add the views to; write the averaged one elsewhere (by default "
+                              f"{run_dir / EXPORT_DIR / onnx_file})")  # fmt: skip
+        return Path(output) if output else run_dir / EXPORT_DIR / onnx_file
     if model_version is not None and model_version < 1:
         raise ExportError(f"--model-version {model_version}: TF Serving loads versions numbered 1 and up")
-    base = Path(output) if output else run_dir / EXPORT_DIR / SAVED_MODEL_DIR
+    base = Path(output) if output else run_dir / EXPORT_DIR / saved_model_dir
     return base / str(model_version or 1)
 
 
@@ -169,24 +220,34 @@ def export_run(
     data_dir: str | Path | None = None,
     output: str | Path | None = None,
     model_version: int | None = None,
+    ensemble: tuple[str | Path, ...] = (),
+    tta: bool = False,
+    tta_shift: int | None = None,
 ) -> dict:
     """Write the export (atomically; RUN/export/ unless `output` says), check parity, return the parity figures.
 
     `output` is the ONNX file, or for a SavedModel the model base path, which gets the version
     directory `model_version` (1 unless given). The parity figures go to RUN/export/FORMAT_parity.json.
+    With the runs of `ensemble` or with `tta` (views as RUN was evaluated unless `tta_shift` says), the export
+    averages them (`averaging`), goes to RUN/export/averaged.onnx or averaged_saved_model/ by default, and its
+    parity figures to RUN/export/averaged_FORMAT_parity.json.
     """
     if export_format not in FORMATS:
         raise ValueError(f"unknown export format {export_format!r}; choose one of {list(FORMATS)}")
     from fmnist.data import load_dataset
 
     run_dir = runs.require_run(run_dir)
-    final = destination(run_dir, export_format, output, model_version)
+    members = [run_dir, *map(runs.require_run, ensemble)]
+    runs.ensemble_class_names(members)
+    tta, tta_shift = runs.run_tta(run_dir, tta, tta_shift)
+    averaged = len(members) > 1 or tta
+    final = destination(run_dir, export_format, output, model_version, averaged)
     check_replaceable(final, export_format)
     check_backend_writes(export_format)
-    keras_model = computing_in_float32(runs.load_model(run_dir))
-    model = with_softmax(keras_model)
+    keras_models = [computing_in_float32(runs.load_model(member)) for member in members]
+    model = averaging(keras_models, tta, tta_shift) if averaged else with_softmax(keras_models[0])
     images = load_dataset(data_dir).x_test[:PARITY_IMAGES]
-    expected = softmax(predict_logits(keras_model, images))
+    expected = softmax(ensemble_logits(keras_models, images, tta, tta_shift))
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=".staging-"))  # beside `final`, so a rename moves it there
     try:
@@ -198,6 +259,7 @@ def export_run(
             "max_abs_difference": float(np.max(np.abs(actual - expected))),
             "argmax_agreement": float(np.mean(actual.argmax(axis=1) == expected.argmax(axis=1))),
             "tolerance": PARITY_TOLERANCE,
+            **({"runs": [str(member) for member in members], "tta": tta, "tta_shift": tta_shift} if averaged else {}),
         }  # fmt: skip
         report["passed"] = report["max_abs_difference"] <= PARITY_TOLERANCE and report["argmax_agreement"] == 1.0
         if not report["passed"]:
@@ -212,7 +274,7 @@ def export_run(
             final.rename(staging / "replaced")
         os.replace(built, final)  # a file replaces the earlier one in one step
         runs.flush_to_disk(final.parent)
-        runs.write_json(run_dir / EXPORT_DIR / f"{export_format}_parity.json", report)
+        runs.write_json(run_dir / EXPORT_DIR / f"{AVERAGED + '_' if averaged else ''}{export_format}_parity.json", report)
         return report
     finally:
         shutil.rmtree(staging, ignore_errors=True)

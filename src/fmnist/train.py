@@ -83,13 +83,6 @@ def build_and_compile(config: TrainConfig, num_classes: int, steps_per_epoch: in
     return model
 
 
-# Models whose training ran markedly faster on the PyTorch backend on a CPU here: compact, `--preset best`'s
-# network: 896 s of training on TensorFlow (16 steps per call) against 511 s on PyTorch with fmnist's fused BatchNorm,
-# means of 3 seeds on an AMD EPYC Zen 3; on a Zen 4, 1,044 against 1,245 images/s in float32 and 1,436 against
-# 1,788 in bfloat16 in the throughput benchmark (BENCHMARKS.md).
-SLOWER_ON_TENSORFLOW = ("compact",)
-
-
 def steps_per_execution(config: TrainConfig) -> int:
     import keras
 
@@ -199,9 +192,7 @@ def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
 
 
 def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report: bool) -> dict:
-    import keras  # Keras, and the modules below that import it, must come after the choice of backend
-
-    from fmnist import averaging, recipe
+    from fmnist import averaging, recipe  # these import Keras, which must come after the choice of backend
 
     runs.remove_stale_temporaries(run_dir)
     if steps_per_execution(config) != config.steps_per_execution:
@@ -210,9 +201,6 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
     if config.mixed_precision and not recipe.accelerator_present() and not recipe.cpu_has_bfloat16():
         log("note: mixed precision without a GPU computes in bfloat16, which this CPU has no instructions for "
             "(AVX512_BF16 or AMX), so expect it to run slower than float32 (--no-mixed-precision turns it off)")  # fmt: skip
-    if config.model in SLOWER_ON_TENSORFLOW and keras.backend.backend() == "tensorflow" and not recipe.accelerator_present():
-        log(f"note: on a CPU the PyTorch backend trains {config.model} in 16-43% less time than TensorFlow on the CPUs measured "
-            "(`pip install 'fmnist[torch]'`, then `fmnist --backend torch train ...`; BENCHMARKS.md)")  # fmt: skip
     seed_everything(config)
     train_indices, validation_indices = split_indices(data.y_train, config)
     x_train, y_train = data.x_train[train_indices], data.y_train[train_indices]
