@@ -199,18 +199,6 @@ def test_a_signal_between_epochs_checkpoints_the_finished_epoch_and_stops(tmp_pa
     assert [row["epoch"] for row in runs.read_csv(tmp_path / runs.HISTORY)] == [1, 2]
 
 
-def test_a_model_known_to_train_faster_on_pytorch_says_so_on_tensorflow(tmp_path, dataset):
-    def backend_notes(model: str) -> list[str]:
-        messages = []
-        train(TrainConfig(model=model, epochs=1, train_subset=640), tmp_path / model, data=dataset,
-              log=messages.append, report=False)  # fmt: skip
-        return [message for message in messages if "--backend torch" in message]
-
-    compact_notes = backend_notes("compact")  # the tests run on TensorFlow without a GPU
-    assert len(compact_notes) == 1 and "trains compact in 16-43% less time" in compact_notes[0]
-    assert backend_notes("tiny") == []
-
-
 def test_speed_settings_are_checked():
     with pytest.raises(ValueError, match="steps_per_execution must be at least 1"):
         TrainConfig(steps_per_execution=0)
