@@ -88,13 +88,13 @@ def averaging(models: list, tta: bool, tta_shift: int):
 
     images = keras.Input(shape=models[0].input.shape[1:], dtype=models[0].input.dtype, name="images")
     views = graph_views(images, tta_shift) if tta else [images]
-    stacked = ops.concatenate(views, axis=0) if len(views) > 1 else images
+    stacked = ops.concatenate(views, axis=0)
     averages = []
     for index, model in enumerate(models):
         model.name = f"member_{index}"  # the runs' models share their network's name, which one graph must not repeat
         probabilities = ops.softmax(ops.cast(model(stacked, training=False), "float32"))  # training=False: as in with_softmax
         averages.append(ops.mean(ops.reshape(probabilities, (len(views), -1, probabilities.shape[-1])), axis=0))
-    average = averages[0] if len(averages) == 1 else ops.mean(ops.stack(averages), axis=0)
+    average = ops.mean(ops.stack(averages), axis=0)
     wrapped = keras.Model(images, keras.layers.Identity(name="probabilities")(average), name=AVERAGED)
     wrapped(np.zeros((1, 28, 28), dtype=np.uint8))
     return wrapped
@@ -237,8 +237,8 @@ def export_run(
     from fmnist.data import load_dataset
 
     run_dir = runs.require_run(run_dir)
-    members = [run_dir, *map(runs.require_run, ensemble)]
-    runs.ensemble_class_names(members)
+    members = [run_dir, *map(Path, ensemble)]
+    runs.ensemble_class_names(members)  # each a finished run, with the same classes
     tta, tta_shift = runs.run_tta(run_dir, tta, tta_shift)
     averaged = len(members) > 1 or tta
     final = destination(run_dir, export_format, output, model_version, averaged)
