@@ -98,21 +98,22 @@ def epochs_within(seconds: float, train_arguments: list[str], probe_dir: Path) -
     return epochs
 
 
-def evaluate_ensemble(run_dirs: list[Path], train_arguments: list[str], runs_dir: Path) -> dict:
-    """The runs as one ensemble: validation accuracy first, then test accuracy, from `fmnist evaluate`."""
+def evaluate_ensemble(run_dirs: list[Path], train_arguments: list[str], runs_dir: Path, held_out: bool) -> dict:
+    """The runs as one ensemble: validation accuracy first (if they held images out), then test accuracy, from
+    `fmnist evaluate`."""
     data_dir = []  # the runs' data, for the images they held out and the test set
     if "--data-dir" in train_arguments:
         data_dir = ["--data-dir", train_arguments[train_arguments.index("--data-dir") + 1]]
     members = [argument for run_dir in run_dirs[1:] for argument in ("--ensemble", str(run_dir))]
     accuracies = {}
-    for split in ("validation", "test"):
+    for split in ("validation", "test") if held_out else ("test",):
         output = runs_dir / f"ensemble-{split}"
         command = [sys.executable, "-m", "fmnist", "evaluate", str(run_dirs[0]), *members, "--split", split,
                    "--output", str(output), *data_dir]  # fmt: skip
         print("$", shlex.join(command), flush=True)
         subprocess.run(command, check=True)
         accuracies[split] = runs.read_json(output / runs.METRICS)["eval_accuracy"]  # what `fmnist evaluate` wrote
-    return {"runs": len(run_dirs), "val_accuracy": accuracies["validation"], "test_accuracy": accuracies["test"]}
+    return {"runs": len(run_dirs), "val_accuracy": accuracies.get("validation"), "test_accuracy": accuracies["test"]}
 
 
 def main() -> int:
@@ -155,6 +156,8 @@ def main() -> int:
 
     results = summary["runs"]
     first = results[0]
+    held_out = all("val_accuracy" in r for r in results)  # not with --validation-fraction 0
+    validation = spread([r["val_accuracy"] for r in results], 4) if held_out else "none held out"
     print("\n| model | parameters | epochs | seeds | train time (s) | whole command (s) | images/s "
           "| validation accuracy | test accuracy |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -162,16 +165,17 @@ def main() -> int:
         f"| {first['model']} | {first['num_parameters']:,} | {first['epochs']} | {len(results)} "
         f"| {spread([r['train_seconds'] for r in results], 1)} | {spread([r['process_seconds'] for r in results], 1)} "
         f"| {spread([r['images_per_second'] for r in results], 0)} "
-        f"| {spread([r['val_accuracy'] for r in results], 4)} | {spread([r['test_accuracy'] for r in results], 4)} |"
+        f"| {validation} | {spread([r['test_accuracy'] for r in results], 4)} |"
     )
     if arguments.ensemble:
         run_dirs = [runs_dir / f"seed{seed}" for seed in arguments.seeds]
-        ensemble = evaluate_ensemble(run_dirs, train_arguments, runs_dir)
+        ensemble = evaluate_ensemble(run_dirs, train_arguments, runs_dir, held_out)
         summary["ensemble"] = ensemble | {"train_seconds": round(sum(r["train_seconds"] for r in results), 1)}
         runs.write_json(runs_dir / "benchmark.json", summary)
         ensemble = summary["ensemble"]
+        validation = "none held out" if ensemble["val_accuracy"] is None else f"{ensemble['val_accuracy']:.4f}"
         print(f"| ensemble of the {ensemble['runs']} runs | | | | {ensemble['train_seconds']} in all | | "
-              f"| {ensemble['val_accuracy']:.4f} | {ensemble['test_accuracy']:.4f} |")  # fmt: skip
+              f"| {validation} | {ensemble['test_accuracy']:.4f} |")  # fmt: skip
     print(f"\nmachine: {summary['machine']}; date: {summary['date']}\ncommand: {summary['command']}\nruns: {runs_dir}")
     return 0
 

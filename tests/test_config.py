@@ -30,7 +30,7 @@ def test_unknown_keys_are_an_error():
     ({"epochs": "3"}, "'epochs': '3' is not of type"),
     ({"deterministic": 1}, "'deterministic'"),
     ({"epochs": 0}, "epochs must be at least 1"),
-    ({"validation_fraction": 1.5}, "validation_fraction must be between 0 and 1"),
+    ({"validation_fraction": 1.5}, "validation_fraction must be 0 \\(none\\) or between 0 and 1"),
     ({"learning_rate": -1.0}, "learning_rate must be positive"),
     ({"time_budget": -60.0}, "time_budget must be 0 \\(off\\) or a number of seconds, got -60.0"),
 ])  # fmt: skip

@@ -9,9 +9,10 @@ import pytest
 
 from conftest import Killed
 from fmnist import inputs, runs
+from fmnist.compare import compare_runs, format_comparison
 from fmnist.config import TrainConfig
 from fmnist.seeds import epoch_order
-from fmnist.train import split_indices, train
+from fmnist.train import held_out_split, split_indices, train
 
 
 def test_split_is_stratified_seeded_and_disjoint(dataset):
@@ -45,6 +46,31 @@ def test_subset_is_stratified(dataset):
     train_indices, validation_indices = split_indices(dataset.y_train, TrainConfig(train_subset=2000))
     assert len(train_indices) + len(validation_indices) == 2000
     assert (np.bincount(dataset.y_train[np.concatenate([train_indices, validation_indices])]) == 200).all()
+
+
+def test_a_run_without_validation_trains_on_every_image_and_says_so(tmp_path, dataset):
+    """validation_fraction 0: the final model of a recipe chosen on a split, trained on all the images."""
+    train_indices, validation_indices = split_indices(dataset.y_train, TrainConfig(validation_fraction=0))
+    np.testing.assert_array_equal(train_indices, np.arange(60000))
+    assert len(validation_indices) == 0
+
+    config = TrainConfig(model="tiny", epochs=1, train_subset=1000, validation_fraction=0, time_budget=5.0)
+    messages = []
+    metrics = train(config, tmp_path, data=dataset, log=messages.append)
+    assert metrics["num_train_images"] == 1000 and metrics["num_validation_images"] == 0
+    assert "val_accuracy" not in metrics and 0.1 < metrics["test_accuracy"] <= 1.0
+    assert any("validation 0.0 s" in message for message in messages)  # the budget's probe timed no validation pass
+    history = runs.read_csv(tmp_path / runs.HISTORY)
+    assert len(history) == metrics["epochs"] and not any(key.startswith("val_") for key in history[0])
+    report = (tmp_path / "report.md").read_text()
+    assert "no validation;" in report and "trained on every image of the training file" in report
+
+    with pytest.raises(runs.RunError, match="held out no validation images"):  # `fmnist evaluate --split validation`
+        held_out_split([tmp_path], dataset)
+    comparison = compare_runs([tmp_path])
+    assert comparison["runs"][0]["val_accuracy"] is None and "| none held out |" in format_comparison(comparison)
+    with pytest.raises(ValueError, match="early stopping watches the validation accuracy"):
+        TrainConfig(validation_fraction=0, early_stopping_patience=3)
 
 
 def test_epoch_order_depends_on_seed_and_epoch_only():

@@ -94,7 +94,8 @@ def find_label_issues(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarr
 class Interpretation:
     results: ClassificationResults  # the test set
     images: np.ndarray  # (n, 28, 28) uint8 test images, for the grids
-    validation: ClassificationResults  # out-of-sample: the model never trained on the validation split
+    validation: ClassificationResults | None  # out-of-sample: the model never trained on the validation split;
+    # None for a run that held no images out (validation_fraction 0)
     validation_images: np.ndarray
     validation_indices: np.ndarray  # positions of the validation images in the 60,000-image training file
     features: np.ndarray  # (sample, dims) penultimate-layer activations of a stratified test sample
@@ -117,7 +118,9 @@ class Interpretation:
                         or evaluate_model(model, data.x_test, data.y_test, class_names, **tta))  # fmt: skip
         _, validation_indices = split_indices(data.y_train, config)
         validation_images = data.x_train[validation_indices]
-        validation = evaluate_model(model, validation_images, data.y_train[validation_indices], class_names, **tta)
+        validation = None
+        if len(validation_indices):
+            validation = evaluate_model(model, validation_images, data.y_train[validation_indices], class_names, **tta)
         sample = _stratified_sample(data.y_test, EMBEDDING_SAMPLE)
         features = penultimate_features(model, data.x_test[sample])
         return cls(test_results, data.x_test, validation, validation_images, validation_indices, features, data.y_test[sample])
@@ -150,7 +153,9 @@ class Interpretation:
 
     @functools.cached_property
     def label_issues(self) -> np.ndarray:
-        """Positions (in the validation split) of suspected label errors, most suspect first."""
+        """Positions (in the validation split) of suspected label errors, most suspect first (none without one)."""
+        if self.validation is None:
+            return np.array([], dtype=int)
         return find_label_issues(self.validation.probabilities, self.validation.labels)
 
     @functools.cached_property

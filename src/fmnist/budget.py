@@ -59,8 +59,9 @@ def epochs_within(budget: float, probe: Probe, steps_per_epoch: int) -> int:
     return epochs
 
 
-def measure(model, train: inputs.Arrays, validation: inputs.Arrays, batch_size: int, steps_per_execution: int) -> Probe:
-    """Time `model`'s training steps on `train` and its evaluation on `validation`; the model is trained on."""
+def measure(model, train: inputs.Arrays, validation: inputs.Arrays | None, batch_size: int,
+            steps_per_execution: int) -> Probe:  # fmt: skip
+    """Time `model`'s training steps on `train` and its evaluation on `validation` (if any); the model is trained on."""
     started = time.perf_counter()
 
     def fit(steps: int) -> None:
@@ -74,8 +75,8 @@ def measure(model, train: inputs.Arrays, validation: inputs.Arrays, batch_size: 
 
     # whole calls into the backend, as the run makes them
     step, first_fit = seconds_per_unit(fit, -(-len(train[1]) // batch_size), FIRST_STEPS, steps_per_execution)
-    validation_batches = -(-len(validation[1]) // PREDICT_BATCH_SIZE)
-    batch, first_validation = seconds_per_unit(validate, validation_batches)
+    validation_batches = 0 if validation is None else -(-len(validation[1]) // PREDICT_BATCH_SIZE)
+    batch, first_validation = seconds_per_unit(validate, validation_batches) if validation_batches else (0.0, 0.0)
     return Probe(step_seconds=step, validation_seconds=batch * validation_batches,
                  first_call_seconds=first_fit + first_validation, seconds=time.perf_counter() - started)  # fmt: skip
 

@@ -50,7 +50,9 @@ class TrainConfig:
                                "as --translate shifts in training: 2(2n+1)^2 views, 18 for 1 (0: off)")
     early_stopping_patience: int = _field(0, "stop after this many epochs without a better validation accuracy, "
                                              "keeping the best epoch's weights (0: off)")
-    validation_fraction: float = _field(0.1, "share of the training set held out for validation, stratified")
+    validation_fraction: float = _field(0.1, "share of the training set held out for validation, stratified (0: "
+                                             "none, to train the final model on every image once the options are "
+                                             "chosen on a split)")
     split_seed: int = _field(0, "seed of the train/validation split; kept apart from --seed so that runs "
                                 "with different seeds are judged on the same validation images")
     seed: int = _field(0, "seed of weight initialisation and of the order of the images in each epoch")
@@ -79,8 +81,11 @@ class TrainConfig:
             problems.append(f"batch_size must be at least 1, got {self.batch_size}")
         if not self.learning_rate > 0:
             problems.append(f"learning_rate must be positive, got {self.learning_rate}")
-        if not 0 < self.validation_fraction < 1:
-            problems.append(f"validation_fraction must be between 0 and 1, got {self.validation_fraction}")
+        if not 0 <= self.validation_fraction < 1:
+            problems.append(f"validation_fraction must be 0 (none) or between 0 and 1, got {self.validation_fraction}")
+        if self.early_stopping_patience and not self.validation_fraction:
+            problems.append("early stopping watches the validation accuracy, and validation_fraction 0 holds out no "
+                            "images; hold some out (--validation-fraction 0.1) or drop --early-stopping-patience")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:

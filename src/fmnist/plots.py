@@ -39,12 +39,13 @@ def confusion_matrices(counts: np.ndarray, class_names: list[str], title: str):
 
 
 def training_curves(history: list[dict]):
-    """Loss and accuracy per epoch, training against validation."""
+    """Loss and accuracy per epoch, training against validation (when the run held images out)."""
     figure, axes = pyplot.subplots(1, 2, figsize=(11, 4))
     epochs = [row["epoch"] for row in history]
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         ax.plot(epochs, [row[metric] for row in history], "o-", label="training")
-        ax.plot(epochs, [row[f"val_{metric}"] for row in history], "o-", label="validation")
+        if all(f"val_{metric}" in row for row in history):
+            ax.plot(epochs, [row[f"val_{metric}"] for row in history], "o-", label="validation")
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)

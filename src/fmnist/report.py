@@ -101,20 +101,26 @@ def write_report(run_dir: str | Path, interpretation: Interpretation | None = No
     tables = report_tables(interpretation)
     images = {name: figure_to_data_uri(figure) for name, figure in build_figures(interpretation, history).items() if figure}
     num_issues = len(interpretation.label_issues)
-    num_validation = len(interpretation.validation.labels)
+    validated = f"validation accuracy {metrics['val_accuracy']:.4f}" if "val_accuracy" in metrics else "no validation"
     headline = (
         f"Test accuracy {figures['test_accuracy']:.4f} "
         f"(95% CI {figures['accuracy_ci_low']:.4f}-{figures['accuracy_ci_high']:.4f}, Wilson), "
         f"loss {figures['test_loss']:.4f}, macro F1 {figures['macro_f1']:.4f}, "
-        f"ECE {figures['ece']:.4f} (15 bins); validation accuracy {metrics['val_accuracy']:.4f}; "
+        f"ECE {figures['ece']:.4f} (15 bins); {validated}; "
         f"{metrics['num_parameters']:,} parameters, {metrics['epochs']} epochs, {metrics['train_seconds']:.1f} s of training."
     )
-    issues_text = (
-        f"{num_issues} of the {num_validation:,} validation images (part of the training file, never trained on, so the "
-        f"model's probabilities are out-of-sample) are suspected label errors by confident learning: another class "
-        f"reaches its per-class confidence threshold. The {min(num_issues, LABEL_ISSUES)} least consistent with their "
-        "label, with their index in the training file, for a person to review:"
-    )
+    if interpretation.validation is None:
+        issues_text = ("The run trained on every image of the training file (validation_fraction 0), so the model has "
+                       "no out-of-sample probabilities there to find label errors with; a run that holds images out "
+                       "(--validation-fraction 0.1, the default) lists them.")  # fmt: skip
+    else:
+        issues_text = (
+            f"{num_issues} of the {len(interpretation.validation.labels):,} validation images (part of the training "
+            f"file, never trained on, so the model's probabilities are out-of-sample) are suspected label errors by "
+            f"confident learning: another class reaches its per-class confidence threshold. The "
+            f"{min(num_issues, LABEL_ISSUES)} least consistent with their label, with their index in the training "
+            "file, for a person to review:"
+        )
     run_name = html.escape(run_dir.resolve().name)
     sections = [
         f"<h1>Run {run_name}: model {html.escape(metrics['model'])}</h1><p>{html.escape(headline)}</p>",

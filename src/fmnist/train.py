@@ -44,6 +44,8 @@ def split_indices(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, 
         indices, _ = train_test_split(
             indices, train_size=config.train_subset, stratify=labels, random_state=config.split_seed
         )
+    if not config.validation_fraction:  # every image trains: the final model, once the options are chosen
+        return np.sort(indices), np.array([], dtype=indices.dtype)
     train_indices, validation_indices = train_test_split(
         indices, test_size=config.validation_fraction, stratify=labels[indices], random_state=config.split_seed
     )
@@ -67,6 +69,9 @@ def held_out_split(run_dirs: list[Path], data: Dataset) -> tuple[np.ndarray, np.
         if trained_on and trained_on != data.checksums:
             raise runs.RunError(f"{run_dir} was trained on other data files than those in {data.directory} (their "
                                 "checksums differ); give the --data-dir it was trained with")  # fmt: skip
+    if not configs[0].validation_fraction:
+        raise runs.RunError(f"{run_dirs[0]} held out no validation images (validation_fraction 0): it trained on all "
+                            "of them; evaluate it on the test set, or on images of your own with --images")  # fmt: skip
     _, validation_indices = split_indices(data.y_train, configs[0])
     return data.x_train[validation_indices], data.y_train[validation_indices]
 
@@ -90,7 +95,7 @@ def steps_per_execution(config: TrainConfig) -> int:
     return 1 if keras.backend.backend() == "torch" else config.steps_per_execution
 
 
-def probe_machine(config: TrainConfig, train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray],
+def probe_machine(config: TrainConfig, train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray] | None,
                   num_classes: int, steps_per_epoch: int) -> budget.Probe:  # fmt: skip
     """Time the run's training step and validation on a throwaway model built as the run's will be."""
     import keras
@@ -204,7 +209,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
     seed_everything(config)
     train_indices, validation_indices = split_indices(data.y_train, config)
     x_train, y_train = data.x_train[train_indices], data.y_train[train_indices]
-    validation = (data.x_train[validation_indices], data.y_train[validation_indices])
+    validation = (data.x_train[validation_indices], data.y_train[validation_indices]) if len(validation_indices) else None
     statistics_images = x_train[: averaging.STATISTICS_IMAGES]  # BatchNorm statistics for averaged weights
     steps_per_epoch = -(-len(x_train) // config.batch_size)
     probe = None
@@ -287,12 +292,14 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
 
 
 def finish(run_dir: Path, config: TrainConfig, model, data: Dataset, history: list[dict],
-           state: dict, validation: tuple[np.ndarray, np.ndarray], num_train_images: int) -> dict:
-    """Save the final model, evaluate on validation and then, once, on the test set; write the run's files."""
+           state: dict, validation: tuple[np.ndarray, np.ndarray] | None, num_train_images: int) -> dict:
+    """Save the final model, evaluate on validation (if held out) and then, once, on the test set; write the run's files."""
     runs.save_model(model, run_dir / runs.MODEL)
     runs.save_figure(plots.training_curves(history), run_dir / "training_curves.png")
     tta = config.tta_options()
-    validation_results = evaluate.evaluate_model(model, *validation, data.class_names, **tta)
+    validation_summary = {}
+    if validation is not None:
+        validation_summary = evaluate.evaluate_model(model, *validation, data.class_names, **tta).summary("val")
     test_results = evaluate.evaluate_model(model, data.x_test, data.y_test, data.class_names, **tta)
     epochs_trained = state["epochs_done"]
     metrics = {
@@ -301,11 +308,11 @@ def finish(run_dir: Path, config: TrainConfig, model, data: Dataset, history: li
         "epochs": epochs_trained,
         **({"best_epoch": state["best_epoch"]} if config.early_stopping_patience else {}),
         "num_train_images": num_train_images,
-        "num_validation_images": len(validation[1]),
+        "num_validation_images": 0 if validation is None else len(validation[1]),
         "train_seconds": round(state["train_seconds"], 3),
         **({"time_budget": config.time_budget, "probe_seconds": state["probe_seconds"]} if "probe_seconds" in state else {}),
         "images_per_second": round(num_train_images * epochs_trained / state["train_seconds"], 1),
-        **validation_results.summary("val"),
+        **validation_summary,
     }
     runs.write_json(run_dir / runs.RUN_INFO, {
         "started": state["started"], "finished": datetime.now(UTC).isoformat(),
