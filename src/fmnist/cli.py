@@ -36,6 +36,7 @@ EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
 def command_train(arguments: argparse.Namespace) -> int:
     from fmnist.recipe import accelerator_present, cpu_has_bfloat16
+    from fmnist.report import validation_phrase
     from fmnist.train import train
 
     config = resolve_config(arguments)
@@ -44,9 +45,8 @@ def command_train(arguments: argparse.Namespace) -> int:
               "a stronger model in about the same time (README)", flush=True)  # fmt: skip
     run_dir = Path(arguments.run_dir or f"runs/{config.model}")
     metrics = train(config, run_dir, data_dir=arguments.data_dir, report=arguments.report)
-    validated = f"validation accuracy {metrics['val_accuracy']:.4f}" if "val_accuracy" in metrics else "no validation"
     print(
-        f"test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f}, {validated}, "
+        f"test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f}, {validation_phrase(metrics)}, "
         f"{metrics['train_seconds']:.1f} s of training\n"
         f"run directory: {run_dir}" + (f" (report: {run_dir / 'report.html'})" if arguments.report else "")
     )

@@ -65,6 +65,11 @@ def build_figures(interpretation: Interpretation, history: list[dict]) -> dict[s
     return figures
 
 
+def validation_phrase(metrics: dict) -> str:
+    """The run's validation accuracy in words, or that it held no images out (validation_fraction 0)."""
+    return f"validation accuracy {metrics['val_accuracy']:.4f}" if "val_accuracy" in metrics else "no validation"
+
+
 def _table(header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
@@ -101,12 +106,11 @@ def write_report(run_dir: str | Path, interpretation: Interpretation | None = No
     tables = report_tables(interpretation)
     images = {name: figure_to_data_uri(figure) for name, figure in build_figures(interpretation, history).items() if figure}
     num_issues = len(interpretation.label_issues)
-    validated = f"validation accuracy {metrics['val_accuracy']:.4f}" if "val_accuracy" in metrics else "no validation"
     headline = (
         f"Test accuracy {figures['test_accuracy']:.4f} "
         f"(95% CI {figures['accuracy_ci_low']:.4f}-{figures['accuracy_ci_high']:.4f}, Wilson), "
         f"loss {figures['test_loss']:.4f}, macro F1 {figures['macro_f1']:.4f}, "
-        f"ECE {figures['ece']:.4f} (15 bins); {validated}; "
+        f"ECE {figures['ece']:.4f} (15 bins); {validation_phrase(metrics)}; "
         f"{metrics['num_parameters']:,} parameters, {metrics['epochs']} epochs, {metrics['train_seconds']:.1f} s of training."
     )
     if interpretation.validation is None:
