@@ -40,16 +40,28 @@ def test_chunks_grow_until_one_is_long_enough_and_the_first_calls_extra_time_is_
 
     per_unit, first_call = seconds_per_unit(run, available=1000, first=8, multiple=4)
     assert calls[0] == 8 and all(units % 4 == 0 for units in calls)
-    assert calls[-1] * 0.01 >= 0.3 > calls[-2] * 0.01  # the first chunk long enough is the last
-    assert all(later >= 2 * earlier for earlier, later in zip(calls, calls[1:], strict=False))  # growing at least twofold
+    assert calls[-1] == calls[-2] and calls[-1] * 0.01 >= 0.3 > calls[-3] * 0.01  # the first chunk long enough, twice
+    assert all(later >= 2 * earlier for earlier, later in zip(calls, calls[1:-1], strict=False))  # growing at least twofold
     assert per_unit == pytest.approx(0.01, rel=0.3)
     assert first_call == pytest.approx(0.2, abs=0.1)
+
+
+def test_a_stall_in_one_timed_chunk_does_not_set_the_estimate(monkeypatch):
+    monkeypatch.setattr(budget, "TIMED_SECONDS", 0.3)
+    calls = []
+
+    def run(units):  # 10 ms a unit; the first chunk long enough to count stalls, running at less than half speed
+        calls.append(units)
+        time.sleep(0.01 * units * (2.2 if units * 0.01 >= 0.3 and calls.count(units) == 1 else 1.0))
+
+    per_unit, _ = seconds_per_unit(run, available=1000, first=8)
+    assert per_unit == pytest.approx(0.01, rel=0.3)  # not 0.022, which would plan less than half the epochs that fit
 
 
 def test_chunks_stop_at_the_units_there_are():
     calls = []
     per_unit, _ = seconds_per_unit(lambda units: calls.append(units) or time.sleep(0.001 * units), available=5)
-    assert calls == [1, 5] and per_unit > 0  # all 5 units, far short of TIMED_SECONDS: the data ran out
+    assert calls == [1, 5, 5] and per_unit > 0  # all 5 units, far short of TIMED_SECONDS: the data ran out
 
 
 def test_a_budgeted_run_records_its_epochs_and_resumes_with_them(tmp_path, dataset, kill_after_checkpoint):

@@ -9,16 +9,17 @@ longer or leave time unused. A one-cycle or cosine schedule needs its length bef
 the epochs are chosen up front, on a throwaway copy of the model with the run's own settings (network,
 batch size, precision, augmentation, input pipeline), and the run trains for that many.
 
-The probe times the training step, and the validation pass that ends each epoch, on chunks that grow
-until one takes `TIMED_SECONDS`; its first chunk carries the tracing or compiling that the run's first
-epoch pays again. A chunk's time per step includes the start-up of its `fit` call, which a whole epoch
-spreads over more steps, so the estimate leans long: a `best_bf16` probe on a Zen 4 gave 32.7 s an epoch
-for epochs that took 30.5 s on the PyTorch backend. (The line through two chunk sizes, which would part the
-two, erred short instead, 26.9 s: the probe's steps ran faster than an epoch's, for reasons not found.)
+The probe times the training step, and the validation pass that ends each epoch, on chunks that grow until one
+takes `TIMED_SECONDS`, then runs that chunk again and keeps the faster of the two (one stall of a few seconds,
+on an AVX2 EPYC, had it plan 4 epochs where 10 fitted); its first chunk carries the tracing or compiling that
+the run's first epoch pays again. A chunk's time per step includes the start-up of its `fit` call, which a
+whole epoch spreads over more steps, so the estimate leans long: a `best_bf16` probe on a Zen 4 gave 32.7 s an
+epoch for epochs that took 30.5 s on the PyTorch backend. (The line through two chunk sizes, which would part
+the two, erred short instead, 26.9 s: the probe's steps ran faster than an epoch's, for reasons not found.)
 Everything the probe takes counts against the budget, and only `SHARE` of the budget is planned for: the same
-epochs took up to 10% longer within an hour on the machines measured. A machine that slows down by more
-during the run overruns the budget: on TensorFlow, on the same Zen 4, the probe gave 39.4 s an epoch for
-epochs that then took 45.2 s on the mean, 7% over 900 s (BENCHMARKS.md).
+epochs took up to 10% longer within an hour on the machines measured. A machine that slows down by more during
+the run overruns the budget: on TensorFlow, on the same Zen 4, the probe gave 39.4 s an epoch for epochs that
+then took 45.2 s on the mean, 7% over 900 s (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ def seconds_per_unit(run, available: int, first: int = 1, multiple: int = 1) -> 
     """(seconds per unit, the first call's extra seconds) of `run(units)`.
 
     After a first chunk of `first` units, chunks grow until one takes `TIMED_SECONDS` or all `available`
-    units; the last sets the time per unit, and the first's excess over it is the first call's extra time:
-    tracing or compiling.
+    units; that chunk, run twice, sets the time per unit (the faster run), and the first's excess over it is
+    the first call's extra time: tracing or compiling.
     """
 
     def chunk(units: int) -> int:
@@ -100,7 +101,11 @@ def seconds_per_unit(run, available: int, first: int = 1, multiple: int = 1) -> 
         seconds = timed(run, units)
         per_unit = seconds / units
         if seconds >= TIMED_SECONDS or units == available:
-            return per_unit, max(first_seconds - first_units * per_unit, 0.0)
+            break
+    # The same chunk again, and the faster of the two: a stall of a few seconds in the one chunk that sets the
+    # estimate (another process, the host of a virtual machine) planned 4 epochs where 10 fitted (BENCHMARKS.md)
+    per_unit = min(per_unit, timed(run, units) / units)
+    return per_unit, max(first_seconds - first_units * per_unit, 0.0)
 
 
 def timed(run, units: int) -> float:

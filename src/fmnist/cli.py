@@ -34,15 +34,31 @@ from fmnist.config import PRESETS
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
 
-def command_train(arguments: argparse.Namespace) -> int:
+def preset_note(preset: str | None, mixed_precision: bool) -> str | None:
+    """A pointer to the CPU preset made for this CPU, where `preset` is made for the other kind (README, "--preset")."""
     from fmnist.recipe import accelerator_present, cpu_has_bfloat16
+
+    if preset is None or accelerator_present():
+        return None
+    if f"{preset}_bf16" in PRESETS and cpu_has_bfloat16():
+        return (f"note: this CPU has bfloat16 arithmetic (AVX512_BF16 or AMX): --preset {preset}_bf16 trains a stronger "
+                "model in about the same time (README)")  # fmt: skip
+    if preset.endswith("_bf16") and mixed_precision and not cpu_has_bfloat16():
+        # on an AVX2 CPU compact trained 8 (TensorFlow) to 14 (PyTorch) times slower in bfloat16 (BENCHMARKS.md)
+        return (f"note: --preset {preset} is for CPUs with bfloat16 arithmetic (AVX512_BF16 or AMX), which this one "
+                f"lacks, so it trains many times slower here: take --preset {preset.removesuffix('_bf16')}, made for "
+                "such a CPU, or add --no-mixed-precision (and --time-budget SECONDS to size its epochs here; "
+                "README)")  # fmt: skip
+    return None
+
+
+def command_train(arguments: argparse.Namespace) -> int:
     from fmnist.report import validation_phrase
     from fmnist.train import train
 
     config = resolve_config(arguments)
-    if f"{arguments.preset}_bf16" in PRESETS and cpu_has_bfloat16() and not accelerator_present():
-        print(f"note: this CPU has bfloat16 arithmetic (AVX512_BF16 or AMX): --preset {arguments.preset}_bf16 trains "
-              "a stronger model in about the same time (README)", flush=True)  # fmt: skip
+    if note := preset_note(arguments.preset, config.mixed_precision):
+        print(note, flush=True)
     run_dir = Path(arguments.run_dir or f"runs/{config.model}")
     metrics = train(config, run_dir, data_dir=arguments.data_dir, report=arguments.report)
     print(
