@@ -7,6 +7,7 @@
     KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --model bn_cnn
     KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --model compact --keras-torch-layout  # Keras' transpose
     python benchmarks/throughput_benchmark.py --model compact --keras-batchnorm     # Keras' BatchNorm, not the fused one
+    python benchmarks/throughput_benchmark.py --model compact --keras-gradients     # TensorFlow's own gradient kernels
     python benchmarks/throughput_benchmark.py --keras-inputs                   # Keras' autotuned pipeline for arrays
     KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --glibc-malloc  # malloc's adaptive thresholds
     python benchmarks/throughput_benchmark.py --model compact --mixed-precision  # bfloat16 (a CPU with AVX512_BF16 or AMX)
@@ -41,6 +42,9 @@ def main() -> int:
     parser.add_argument("--keras-torch-layout", action="store_true",
                         help="PyTorch backend: Keras' own transpose before each convolution and pooling "
                         "(copies), not fmnist.torch_layout's backport of Keras' fix")  # fmt: skip
+    parser.add_argument("--keras-gradients", action="store_true",
+                        help="TensorFlow: Keras' own convolution and max-pooling, whose gradients are TensorFlow's "
+                        "kernels, not fmnist.tensorflow_gradients' faster ones")  # fmt: skip
     parser.add_argument("--keras-batchnorm", action="store_true",
                         help="Keras' own BatchNormalization layer, composed from operations, not fmnist.batchnorm's, "
                         "which trains with the backend's fused kernel on PyTorch and TensorFlow")  # fmt: skip
@@ -66,13 +70,15 @@ def main() -> int:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)
 
-    from fmnist import inputs, models, torch_layout
+    from fmnist import inputs, models, tensorflow_gradients, torch_layout
     from fmnist.data import load_dataset
     from fmnist.models import augmentation_layers, build_model
     from fmnist.recipe import jit_compile, precision
 
     if arguments.keras_torch_layout:
         torch_layout.uninstall()
+    if arguments.keras_gradients:
+        tensorflow_gradients.uninstall()
     if arguments.keras_batchnorm:
         models.BatchNormalization = keras.layers.BatchNormalization  # what the registry's conv_bn builds
 
@@ -98,6 +104,7 @@ def main() -> int:
     later = seconds[1:] or seconds
     rates = [len(images) / each for each in later]
     layout = " (Keras' own transpose)" if arguments.keras_torch_layout else ""
+    layout += " (Keras' gradients)" if arguments.keras_gradients else ""
     layout += " (Keras' BatchNorm)" if arguments.keras_batchnorm else ""
     layout += " (Keras' inputs)" if arguments.keras_inputs else ""
     layout += " (glibc's malloc)" if arguments.glibc_malloc else ""
