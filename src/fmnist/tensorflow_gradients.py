@@ -62,6 +62,8 @@ def install() -> bool:
 
 
 def uninstall() -> None:
+    if not replaced:
+        return
     from keras.src.backend.tensorflow import nn
 
     for name, function in list(replaced.items()):
