@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 from kernel_benchmark import time_calls  # this folder's; Python puts a script's folder first on its path
 
@@ -101,7 +100,7 @@ def print_row(name: str, milliseconds: list[float], difference: float) -> None:
 
 
 class TorchKernels:
-    """PyTorch's gradient kernels on channels-last tensors, as Keras' PyTorch backend runs them."""
+    """PyTorch's gradient kernels on channels-last tensors, as Keras' PyTorch backend runs them (synchronously on a CPU)."""
 
     def __init__(self, batch: int):
         import torch
@@ -109,28 +108,21 @@ class TorchKernels:
         self.torch, self.batch = torch, batch
         torch.manual_seed(0)
 
-    def timed(self, function, calls: int) -> float:
-        function()
-        started = time.perf_counter()
-        for _ in range(calls):
-            function()
-        return (time.perf_counter() - started) / calls
-
     def convolution_input_gradient(self, size: int, in_channels: int, out_channels: int, calls: int) -> float:
         torch, channels_last = self.torch, self.torch.channels_last
         inputs = torch.randn(self.batch, in_channels, size, size).to(memory_format=channels_last)
         kernel = torch.randn(out_channels, in_channels, 3, 3).to(memory_format=channels_last)
         output_gradient = torch.randn(self.batch, out_channels, size, size).to(memory_format=channels_last)
         input_only = [True, False, False]  # which gradients: input, kernel, bias
-        return self.timed(lambda: torch.ops.aten.convolution_backward(
-            output_gradient, inputs, kernel, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, input_only), calls)  # fmt: skip
+        return time_calls(lambda: torch.ops.aten.convolution_backward(
+            output_gradient, inputs, kernel, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, input_only)[0], calls)  # fmt: skip
 
     def max_pool_gradient(self, size: int, channels: int, calls: int) -> float:
         torch = self.torch
         inputs = torch.relu(torch.randn(self.batch, channels, size, size)).to(memory_format=torch.channels_last)
         outputs, indices = torch.nn.functional.max_pool2d(inputs, 2, return_indices=True)
         output_gradient = torch.randn_like(outputs)
-        return self.timed(lambda: torch.ops.aten.max_pool2d_with_indices_backward(
+        return time_calls(lambda: torch.ops.aten.max_pool2d_with_indices_backward(
             output_gradient, inputs, [2, 2], [2, 2], [0, 0], [1, 1], False, indices), calls)  # fmt: skip
 
 

@@ -47,10 +47,11 @@ def install() -> bool:
         return False
     if replaced:
         return True
-    import tensorflow as tf
     from keras.src.backend.tensorflow import nn
 
-    if tf.config.list_physical_devices("GPU"):
+    from fmnist.recipe import accelerator_present
+
+    if accelerator_present():
         return False
     keras_functions = {name: getattr(nn, name, None) for name in KERAS_PARAMETERS}
     for name, function in keras_functions.items():
