@@ -71,5 +71,10 @@ def test_presets_are_valid_and_flags_override_them():
     arguments = build_parser().parse_args(["train", "--preset", "best", "--epochs", "2"])
     config = resolve_config(arguments)
     assert config.model == "compact" and config.flip and config.epochs == 2
+    # `best` sizes its epochs to 15 minutes; --epochs alone asks for that many instead, beside --time-budget it does not
+    assert preset("best").time_budget == 900 and config.time_budget == 0
+    both = resolve_config(build_parser().parse_args(["train", "--preset", "best", "--epochs", "2", "--time-budget", "60"]))
+    assert (both.epochs, both.time_budget) == (2, 60)
+    assert resolve_config(build_parser().parse_args(["train", "--preset", "best_bf16"])).time_budget == 0
     with pytest.raises(ValueError, match="give one of them"):
         resolve_config(build_parser().parse_args(["train", "--preset", "fast", "--config", "x.json"]))

@@ -59,6 +59,8 @@ def resolve_config(arguments: argparse.Namespace) -> TrainConfig:
     else:
         base = preset(arguments.preset) if arguments.preset else TrainConfig()
     overrides = {field.name: getattr(arguments, field.name) for field in dataclasses.fields(TrainConfig)}
+    if overrides["epochs"] is not None and overrides["time_budget"] is None:
+        overrides["time_budget"] = 0.0  # --epochs N given beside a preset or config with a time budget: N epochs
     return dataclasses.replace(base, **{key: value for key, value in overrides.items() if value is not None})
 
 

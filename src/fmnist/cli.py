@@ -47,8 +47,7 @@ def preset_note(preset: str | None, mixed_precision: bool) -> str | None:
         # on an AVX2 CPU compact trained 8 (TensorFlow) to 14 (PyTorch) times slower in bfloat16 (BENCHMARKS.md)
         return (f"note: --preset {preset} is for CPUs with bfloat16 arithmetic (AVX512_BF16 or AMX), which this one "
                 f"lacks, so it trains many times slower here: take --preset {preset.removesuffix('_bf16')}, made for "
-                "such a CPU, or add --no-mixed-precision (and --time-budget SECONDS to size its epochs here; "
-                "README)")  # fmt: skip
+                "such a CPU (README)")  # fmt: skip
     return None
 
 
