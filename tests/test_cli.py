@@ -39,25 +39,27 @@ def test_corrupt_data_gives_one_clear_error(real_data_dir, tmp_path):
 
 
 def test_a_cpu_preset_points_to_the_one_made_for_this_cpu(tmp_path):
-    from fmnist.cli import preset_note
+    from fmnist.cli import precision_note
     from fmnist.recipe import cpu_has_bfloat16
 
-    # (preset, mixed precision as resolved): --preset best_bf16 --no-mixed-precision is the last
-    asked = [("best", False), ("best_bf16", True), ("fast", False), ("best_bf16", False)]
-    notes = {options: preset_note(*options) for options in asked}
+    # (preset, mixed precision as resolved): --preset best_bf16 --no-mixed-precision, then --mixed-precision alone
+    asked = [("best", False), ("best_bf16", True), ("fast", False), ("best_bf16", False), (None, True)]
+    notes = {options: precision_note(*options) for options in asked}
     if cpu_has_bfloat16():
         assert notes["best", False] == ("note: this CPU has bfloat16 arithmetic (AVX512_BF16 or AMX): --preset best_bf16 "
                                         "trains a stronger model in about the same time (README)")  # fmt: skip
-        assert "--preset fast_bf16" in notes["fast", False] and notes["best_bf16", True] is None
+        assert "--preset fast_bf16" in notes["fast", False]
+        assert notes["best_bf16", True] is notes[None, True] is None
     else:  # the other way round: the bfloat16 preset points back to the float32 one, unless it is asked for in float32
         assert notes["best", False] is notes["fast", False] is notes["best_bf16", False] is None
         pointer = notes["best_bf16", True]
         assert "which this one lacks" in pointer and "take --preset best, made for such a CPU" in pointer
-    # `fmnist train` prints it; an empty data folder stops the run right after, before any training
+        assert "many times slower than float32 (--no-mixed-precision turns it off)" in notes[None, True]  # one note, not both
+    # `fmnist train` prints it, once; an empty data folder stops the run right after, before any training
     preset = "best" if cpu_has_bfloat16() else "best_bf16"
     result = run_cli("train", "--preset", preset, "--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "run"), check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert notes[preset, preset == "best_bf16"] in result.stdout.splitlines()
+    assert [line for line in result.stdout.splitlines() if line.startswith("note:")] == [notes[preset, preset == "best_bf16"]]
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def epochs_within(budget: float, probe: Probe, steps_per_epoch: int) -> int:
         overhead = probe.seconds + probe.first_call_seconds
         raise ValueError(f"a time budget of {budget:g} s fits no epoch here: one takes about {epoch:.1f} s, after "
                          f"{overhead:.1f} s for the probe that timed it and the first step's compiling; give at least "
-                         f"{math.ceil((epoch + overhead) / SHARE)} s, or drop --time-budget and set --epochs")  # fmt: skip
+                         f"{math.ceil((epoch + overhead) / SHARE)} s, or set --epochs without --time-budget")  # fmt: skip
     return epochs
 
 

@@ -34,21 +34,26 @@ from fmnist.config import PRESETS
 EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
 
-def preset_note(preset: str | None, mixed_precision: bool) -> str | None:
-    """A pointer to the CPU preset made for this CPU, where `preset` is made for the other kind (README, "--preset")."""
+def precision_note(preset: str | None, mixed_precision: bool) -> str | None:
+    """A pointer to the CPU preset made for this CPU, where `preset` is made for the other kind (README, "--preset"),
+    or a warning that mixed precision will be slow on this CPU; None where neither applies."""
     from fmnist.recipe import accelerator_present, cpu_has_bfloat16
 
-    if preset is None or accelerator_present():
+    if accelerator_present():
         return None
-    if f"{preset}_bf16" in PRESETS and cpu_has_bfloat16():
+    if preset and f"{preset}_bf16" in PRESETS and cpu_has_bfloat16():
         return (f"note: this CPU has bfloat16 arithmetic (AVX512_BF16 or AMX): --preset {preset}_bf16 trains a stronger "
                 "model in about the same time (README)")  # fmt: skip
-    if preset.endswith("_bf16") and mixed_precision and not cpu_has_bfloat16():
-        # on an AVX2 CPU compact trained 8 (TensorFlow) to 14 (PyTorch) times slower in bfloat16 (BENCHMARKS.md)
+    if not mixed_precision or cpu_has_bfloat16():
+        return None
+    # on an AVX2 CPU compact trained 8 (TensorFlow) to 14 (PyTorch) times slower in bfloat16 (BENCHMARKS.md)
+    if preset and preset.endswith("_bf16"):
         return (f"note: --preset {preset} is for CPUs with bfloat16 arithmetic (AVX512_BF16 or AMX), which this one "
                 f"lacks, so it trains many times slower here: take --preset {preset.removesuffix('_bf16')}, made for "
                 "such a CPU (README)")  # fmt: skip
-    return None
+    return ("note: mixed precision without a GPU computes in bfloat16, which this CPU has no instructions for "
+            "(AVX512_BF16 or AMX), so expect it to run many times slower than float32 (--no-mixed-precision turns it "
+            "off)")  # fmt: skip
 
 
 def command_train(arguments: argparse.Namespace) -> int:
@@ -56,7 +61,7 @@ def command_train(arguments: argparse.Namespace) -> int:
     from fmnist.train import train
 
     config = resolve_config(arguments)
-    if note := preset_note(arguments.preset, config.mixed_precision):
+    if note := precision_note(arguments.preset, config.mixed_precision):
         print(note, flush=True)
     run_dir = Path(arguments.run_dir or f"runs/{config.model}")
     metrics = train(config, run_dir, data_dir=arguments.data_dir, report=arguments.report)

@@ -197,16 +197,12 @@ def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
 
 
 def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report: bool) -> dict:
-    from fmnist import averaging, recipe  # these import Keras, which must come after the choice of backend
+    from fmnist import averaging  # imports Keras, which must come after the choice of backend
 
     runs.remove_stale_temporaries(run_dir)
     if steps_per_execution(config) != config.steps_per_execution:
         log(f"note: the PyTorch backend runs one training step per call; steps_per_execution {config.steps_per_execution} "
             "changes nothing there")  # fmt: skip
-    if config.mixed_precision and not recipe.accelerator_present() and not recipe.cpu_has_bfloat16():
-        log("note: mixed precision without a GPU computes in bfloat16, which this CPU has no instructions for "
-            "(AVX512_BF16 or AMX), so expect it to run many times slower than float32 "
-            "(--no-mixed-precision turns it off)")  # fmt: skip
     seed_everything(config)
     train_indices, validation_indices = split_indices(data.y_train, config)
     x_train, y_train = data.x_train[train_indices], data.y_train[train_indices]
