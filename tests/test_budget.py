@@ -7,27 +7,32 @@ import pytest
 
 from conftest import Killed
 from fmnist import budget, runs
-from fmnist.budget import Probe, epochs_within, seconds_per_unit
+from fmnist.budget import Probe, seconds_per_unit, steps_within
 from fmnist.config import TrainConfig
 from fmnist.train import train
 
 
-def test_epochs_fill_the_planned_share_after_the_probe_and_the_first_calls_compiling():
+def test_steps_fill_the_planned_share_after_the_probe_and_the_first_calls_compiling():
     probe = Probe(step_seconds=0.1, validation_seconds=1.0, first_call_seconds=4.0, seconds=6.0)
     assert probe.epoch_seconds(steps_per_epoch=90) == pytest.approx(10.0)
-    # 0.95 * 200 = 190 s planned; 190 - 6 - 4 = 180 s for epochs of 10 s
-    assert epochs_within(200, probe, steps_per_epoch=90) == 18
-    assert epochs_within(200 * 1.05, probe, steps_per_epoch=90) == 18  # 19.95 epochs: whole epochs only
-    assert epochs_within(21 / 0.95, probe, steps_per_epoch=90) == 1
+    # 0.9 * 200 = 180 s planned; 180 - 6 - 4 = 170 s for epochs of 10 s
+    assert steps_within(200, probe, steps_per_epoch=90) == 17 * 90
+    # 189 - 10 = 179 s: 17 epochs, then 9 s, of which the validation takes 1 s and 80 steps 8 s
+    assert steps_within(210, probe, steps_per_epoch=90) == 17 * 90 + 80
+    assert steps_within(20.5 / 0.9, probe, steps_per_epoch=90) == 90  # 10.5 s: one epoch, too little left for a step
+    assert steps_within(15, probe, steps_per_epoch=90) == 25  # 3.5 s: no whole epoch, 25 steps and the validation
+    assert budget.describe_steps(17 * 90, 90) == "17 epochs" and budget.describe_steps(90, 90) == "1 epoch"
+    assert budget.describe_steps(17 * 90 + 80, 90) == "17 epochs and 80 of the 90 steps of one more, 1610 steps"
 
 
-def test_a_budget_without_room_for_one_epoch_is_refused_with_the_least_that_would_do():
+def test_a_budget_without_room_for_one_step_is_refused_with_the_least_that_would_do():
     probe = Probe(step_seconds=0.1, validation_seconds=1.0, first_call_seconds=4.0, seconds=6.0)
-    with pytest.raises(ValueError, match=r"a time budget of 15 s fits no epoch here: one takes about 10.0 s, after 10.0 s "
-                                         r"for the probe .*; give at least 22 s") as refused:  # fmt: skip
-        epochs_within(15, probe, steps_per_epoch=90)
+    with pytest.raises(ValueError, match=r"a time budget of 11 s fits no training step here: one takes about 100 ms "
+                                         r"and the validation after it 1.0 s \(a whole epoch about 10.0 s\), after 10.0 s "
+                                         r"for the probe .*; give at least 13 s") as refused:  # fmt: skip
+        steps_within(11, probe, steps_per_epoch=90)
     assert "--epochs" in str(refused.value)
-    assert epochs_within(22, probe, steps_per_epoch=90) == 1  # the figure it names is enough
+    assert steps_within(13, probe, steps_per_epoch=90) >= 1  # the figure it names is enough
 
 
 def test_chunks_grow_until_one_is_long_enough_and_the_first_calls_extra_time_is_split_off(monkeypatch):
@@ -64,24 +69,27 @@ def test_chunks_stop_at_the_units_there_are():
     assert calls == [1, 5, 5] and per_unit > 0  # all 5 units, far short of TIMED_SECONDS: the data ran out
 
 
-def test_a_budgeted_run_records_its_epochs_and_resumes_with_them(tmp_path, dataset, kill_after_checkpoint):
-    """The epochs chosen go into config.json; a resumed run keeps them instead of probing again."""
+def test_a_budgeted_run_records_its_steps_and_resumes_with_them(tmp_path, dataset, kill_after_checkpoint):
+    """The epochs and steps chosen go into config.json; a resumed run keeps them instead of probing again."""
     config = TrainConfig(model="tiny", epochs=1, train_subset=1000, time_budget=10.0, checkpoint_seconds=0)
+    steps_per_epoch = 29  # 900 training images in batches of 32
     messages = []
     kill_after_checkpoint(True)
     with pytest.raises(Killed):
         train(config, tmp_path, data=dataset, log=messages.append, report=False)
     chosen = TrainConfig.load(tmp_path / runs.CONFIG)
+    steps = chosen.total_steps(steps_per_epoch)
     assert chosen.time_budget == 10.0 and chosen.epochs > 1  # tiny's epochs of 900 images take well under a second
-    assert any(message.startswith("time budget 10 s: an epoch takes about") and f"so {chosen.epochs} epochs" in message
-               for message in messages)  # fmt: skip
+    assert chosen.max_steps is None or (chosen.epochs - 1) * steps_per_epoch < chosen.max_steps < chosen.epochs * steps_per_epoch
+    assert any(message.startswith("time budget 10 s: an epoch takes about")
+               and f"so {budget.describe_steps(steps, steps_per_epoch)} (the probe" in message for message in messages)
 
     kill_after_checkpoint(False)
     messages.clear()
     metrics = train(config, tmp_path, data=dataset, log=messages.append, report=False)
     assert not any(message.startswith("time budget") for message in messages)  # no second probe
     assert [row["epoch"] for row in runs.read_csv(tmp_path / runs.HISTORY)] == list(range(1, chosen.epochs + 1))
-    assert metrics["epochs"] == chosen.epochs and metrics["time_budget"] == 10.0
+    assert (metrics["epochs"], metrics["steps"], metrics["time_budget"]) == (chosen.epochs, steps, 10.0)
     assert TrainConfig.load(tmp_path / runs.CONFIG) == chosen
 
     # The probe leaves no trace in the run: the same epochs without a budget train the same model, step for step
@@ -91,8 +99,22 @@ def test_a_budgeted_run_records_its_epochs_and_resumes_with_them(tmp_path, datas
     assert plain["test_accuracy"] == metrics["test_accuracy"]
 
 
+def test_max_steps_cuts_the_last_epoch_short_and_the_schedule_ends_with_it(tmp_path, dataset):
+    from fmnist.recipe import learning_rate
+
+    config = TrainConfig(model="tiny", epochs=3, max_steps=40, train_subset=1000, schedule="onecycle")
+    messages = []
+    metrics = train(config, tmp_path, data=dataset, log=messages.append, report=False)
+    history = runs.read_csv(tmp_path / runs.HISTORY)
+    assert [row["epoch"] for row in history] == [1, 2] and (metrics["epochs"], metrics["steps"]) == (2, 40)
+    assert any(message.startswith("epoch 2/2 (11 of 29 steps) - ") for message in messages)
+    # the images trained: all 900 in the first epoch (28 batches of 32, one of 4), then 11 batches of 32
+    assert metrics["images_per_second"] * metrics["train_seconds"] == pytest.approx(900 + 11 * 32, rel=0.01)
+    assert learning_rate(config, steps_per_epoch=29).total_steps == 40  # the one-cycle ends with the last step
+
+
 def test_a_budget_too_small_for_one_epoch_leaves_no_run_behind(tmp_path, dataset):
-    with pytest.raises(ValueError, match="a time budget of 0.01 s fits no epoch here"):
+    with pytest.raises(ValueError, match="a time budget of 0.01 s fits no training step here"):
         train(TrainConfig(model="tiny", train_subset=1000, time_budget=0.01), tmp_path / "run", data=dataset,
               log=lambda *a, **k: None, report=False)  # fmt: skip
     assert not (tmp_path / "run" / runs.CONFIG).exists()

@@ -33,6 +33,7 @@ def test_unknown_keys_are_an_error():
     ({"validation_fraction": 1.5}, "validation_fraction must be 0 \\(none\\) or between 0 and 1"),
     ({"learning_rate": -1.0}, "learning_rate must be positive"),
     ({"time_budget": -60.0}, "time_budget must be 0 \\(off\\) or a number of seconds, got -60.0"),
+    ({"max_steps": 0}, "max_steps must be at least 1 \\(or left out\\), got 0"),
 ])  # fmt: skip
 def test_bad_values_are_named(values, message):
     with pytest.raises(ValueError, match=message):
@@ -78,3 +79,24 @@ def test_presets_are_valid_and_flags_override_them():
     assert resolve_config(build_parser().parse_args(["train", "--preset", "best_bf16"])).time_budget == 0
     with pytest.raises(ValueError, match="give one of them"):
         resolve_config(build_parser().parse_args(["train", "--preset", "fast", "--config", "x.json"]))
+
+
+def test_max_steps_cuts_the_last_epoch_short_and_never_lengthens_a_run():
+    assert TrainConfig(epochs=3).epoch_steps(10) == [10, 10, 10] and TrainConfig(epochs=3).total_steps(10) == 30
+    assert TrainConfig(epochs=3, max_steps=25).epoch_steps(10) == [10, 10, 5]
+    assert TrainConfig(epochs=3, max_steps=25).total_steps(10) == 25
+    assert TrainConfig(epochs=3, max_steps=8).epoch_steps(10) == [8]  # fewer epochs than asked for
+    assert TrainConfig(epochs=3, max_steps=50).epoch_steps(10) == [10, 10, 10]  # a cap, not a target
+
+
+def test_epochs_given_alone_drop_a_budgeted_runs_steps_as_well_as_its_budget(tmp_path):
+    """A budgeted run's config.json holds the epochs and max_steps its budget chose; --epochs N there means N whole."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TrainConfig(epochs=9, max_steps=1831, time_budget=900).to_dict()))
+    again = resolve_config(build_parser().parse_args(["train", "--config", str(path)]))
+    assert (again.epochs, again.max_steps, again.time_budget) == (9, 1831, 900)
+    longer = resolve_config(build_parser().parse_args(["train", "--config", str(path), "--epochs", "20"]))
+    assert (longer.epochs, longer.max_steps, longer.time_budget) == (20, None, 0)
+    capped = resolve_config(build_parser().parse_args(["train", "--config", str(path), "--epochs", "20",
+                                                        "--max-steps", "3000"]))  # fmt: skip
+    assert (capped.epochs, capped.max_steps, capped.time_budget) == (20, 3000, 0)

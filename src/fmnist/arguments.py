@@ -59,9 +59,12 @@ def resolve_config(arguments: argparse.Namespace) -> TrainConfig:
     else:
         base = preset(arguments.preset) if arguments.preset else TrainConfig()
     overrides = {field.name: getattr(arguments, field.name) for field in dataclasses.fields(TrainConfig)}
-    if overrides["epochs"] is not None and overrides["time_budget"] is None:
-        overrides["time_budget"] = 0.0  # --epochs N given beside a preset or config with a time budget: N epochs
-    return dataclasses.replace(base, **{key: value for key, value in overrides.items() if value is not None})
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if "epochs" in given and "time_budget" not in given:
+        # --epochs N given beside a preset or config with a time budget (or a budgeted run's config.json, whose
+        # max_steps cut its last epoch short): N whole epochs
+        given = {"time_budget": 0.0, "max_steps": None, **given}
+    return dataclasses.replace(base, **given)
 
 
 def add_ensemble_options(parser: argparse.ArgumentParser) -> None:

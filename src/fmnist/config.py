@@ -29,9 +29,12 @@ class TrainConfig:
     model: str = _field("baseline", "architecture from the model registry (`fmnist models` lists them)")
     epochs: int = _field(10, "passes over the training split")
     time_budget: float = _field(0.0, "seconds of training to fill on this machine: sets the epochs to as many as "
-                                     "fit 95 percent of it, timed before training by a probe of a few seconds, "
-                                     "which counts against it (0: off; --epochs given without it turns a preset's "
-                                     "or config's budget off)")
+                                     "fit 90 percent of it (and --max-steps to end the last one early, where a whole "
+                                     "one would not fit), timed before training by a probe of a few seconds, which "
+                                     "counts against it (0: off; --epochs given without it turns a preset's or "
+                                     "config's budget off)")
+    max_steps: int | None = _field(None, "end training after this many steps in all, cutting the last epoch short "
+                                         "(none: every epoch whole); the time budget sets it to the steps that fit")
     batch_size: int = _field(32, "images per optimisation step")
     learning_rate: float = _field(1e-3, "step size (the peak of the schedule when there is one)")
     optimizer: str = _field("adam", "adam, adamw (decoupled weight decay) or sgd (Nesterov momentum)")
@@ -76,6 +79,8 @@ class TrainConfig:
         problems = []
         if self.epochs < 1:
             problems.append(f"epochs must be at least 1, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"max_steps must be at least 1 (or left out), got {self.max_steps}")
         if not self.time_budget >= 0:
             problems.append(f"time_budget must be 0 (off) or a number of seconds, got {self.time_budget}")
         if self.batch_size < 1:
@@ -110,6 +115,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """The training steps of the whole run: `epochs` of `steps_per_epoch`, or `max_steps` if fewer."""
+        whole = self.epochs * steps_per_epoch
+        return whole if self.max_steps is None else min(whole, self.max_steps)
+
+    def epoch_steps(self, steps_per_epoch: int) -> list[int]:
+        """The steps of each epoch the run trains: whole ones, then one cut short where `max_steps` ends it."""
+        total = self.total_steps(steps_per_epoch)
+        return [min(steps_per_epoch, total - start) for start in range(0, total, steps_per_epoch)]
 
     def tta_options(self) -> dict:
         """The test-time augmentation this run is evaluated with, as keywords of `evaluate.evaluate_model`."""

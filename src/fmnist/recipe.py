@@ -52,7 +52,7 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
 def learning_rate(config, steps_per_epoch: int):
     if config.schedule == "constant":
         return config.learning_rate
-    total = steps_per_epoch * config.epochs
+    total = config.total_steps(steps_per_epoch)  # to the end of the last epoch, which max_steps may cut short
     warmup = round(total * config.warmup_fraction)
     shape = "linear" if config.schedule == "onecycle" else "cosine"
     return WarmupSchedule(config.learning_rate, total, warmup, shape)

@@ -107,9 +107,10 @@ def probe_machine(config: TrainConfig, train: tuple[np.ndarray, np.ndarray], val
 
 
 def budgeted_epochs_of(saved: TrainConfig, config: TrainConfig) -> TrainConfig:
-    """`config` with the epochs a run whose config.json holds `saved` chose for the same time budget: kept on resuming."""
+    """`config` with the epochs (and steps) a run whose config.json holds `saved` chose for the same time budget: kept
+    on resuming."""
     if config.time_budget and saved.time_budget == config.time_budget:
-        return dataclasses.replace(config, epochs=saved.epochs)
+        return dataclasses.replace(config, epochs=saved.epochs, max_steps=saved.max_steps)
     return config
 
 
@@ -212,15 +213,18 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
     probe = None
     if config.time_budget and not (run_dir / runs.CONFIG).exists():  # a run that exists keeps its epochs
         probe = probe_machine(config, (x_train, y_train), validation, len(data.class_names), steps_per_epoch)
-        config = dataclasses.replace(config, epochs=budget.epochs_within(config.time_budget, probe, steps_per_epoch))
+        steps = budget.steps_within(config.time_budget, probe, steps_per_epoch)
+        whole = steps % steps_per_epoch == 0  # max_steps only where it cuts the last epoch short
+        config = dataclasses.replace(config, epochs=-(-steps // steps_per_epoch), max_steps=None if whole else steps)
         log(f"time budget {config.time_budget:g} s: an epoch takes about {probe.epoch_seconds(steps_per_epoch):.1f} s "
             f"here ({steps_per_epoch} steps of {1000 * probe.step_seconds:.0f} ms, validation {probe.validation_seconds:.1f} s), "
-            f"so {config.epochs} epochs (the probe took {probe.seconds:.1f} s)")  # fmt: skip
+            f"so {budget.describe_steps(steps, steps_per_epoch)} (the probe took {probe.seconds:.1f} s)")  # fmt: skip
         seed_everything(config)  # the probe's model drew from the seeds: the run's starts from them as without it
     runs.write_json(run_dir / runs.CONFIG, config.to_dict())
     runs.write_json(run_dir / runs.CLASS_NAMES, list(data.class_names))
 
     checkpoint_dir = run_dir / runs.CHECKPOINT_DIR
+    epoch_steps = config.epoch_steps(steps_per_epoch)  # the last one fewer where max_steps cuts it short
     model, state = load_checkpoint(checkpoint_dir)
     if model is None:
         model = build_and_compile(config, len(data.class_names), steps_per_epoch)
@@ -228,10 +232,10 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
         if probe:
             state["probe_seconds"] = round(probe.seconds, 3)
     else:
-        log(f"resuming {run_dir} after epoch {state['epochs_done']} of {config.epochs}")
+        log(f"resuming {run_dir} after epoch {state['epochs_done']} of {len(epoch_steps)}")
         model.steps_per_execution = steps_per_execution(config)  # the checkpoint's is that of the backend it was saved on
     history = runs.read_csv(run_dir / runs.HISTORY)[: state["epochs_done"]]
-    progress = EpochProgress(config.epochs, steps_per_epoch, interactive=sys.stdout.isatty(), log=log)
+    progress = EpochProgress(len(epoch_steps), steps_per_epoch, interactive=sys.stdout.isatty(), log=log)
     checkpointed, seconds_since_checkpoint = state["epochs_done"], 0.0
 
     def interrupted(when: str) -> runs.TrainingInterrupted:
@@ -239,9 +243,10 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
 
     # Over the whole loop, so that a signal between two fits (while an epoch is written down) is caught too.
     with GracefulStop() as stop:
-        for epoch in range(state["epochs_done"], config.epochs if not state.get("stopped_early") else 0):
-            order = epoch_order(config, epoch, len(x_train))
-            progress.start(epoch)
+        for epoch in range(state["epochs_done"], len(epoch_steps) if not state.get("stopped_early") else 0):
+            # the epoch's order, drawn as for a whole epoch, so that cutting one short changes no earlier one
+            order = epoch_order(config, epoch, len(x_train))[: epoch_steps[epoch] * config.batch_size]
+            progress.start(epoch, epoch_steps[epoch])
             started = time.perf_counter()
             result = model.fit(
                 **inputs.fit_arguments((x_train[order], y_train[order]), config.batch_size, validation,
@@ -267,7 +272,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
             # A checkpoint of resnet9 takes longer than a GPU epoch; one every few seconds loses little on a kill.
             # A new best model is saved with the state that names it, so that the two always agree; so is an
             # epoch finished when a stop was asked for.
-            if (seconds_since_checkpoint >= config.checkpoint_seconds or epoch + 1 == config.epochs
+            if (seconds_since_checkpoint >= config.checkpoint_seconds or epoch + 1 == len(epoch_steps)
                     or state.get("stopped_early") or state.get("best_epoch") != best_epoch or stop.requested):
                 save_checkpoint(checkpoint_dir, model, state)
                 checkpointed, seconds_since_checkpoint = epoch + 1, 0.0
@@ -299,16 +304,20 @@ def finish(run_dir: Path, config: TrainConfig, model, data: Dataset, history: li
         validation_summary = evaluate.evaluate_model(model, *validation, data.class_names, **tta).summary("val")
     test_results = evaluate.evaluate_model(model, data.x_test, data.y_test, data.class_names, **tta)
     epochs_trained = state["epochs_done"]
+    steps_trained = config.epoch_steps(-(-num_train_images // config.batch_size))[:epochs_trained]
+    # images of the epochs trained: whole epochs, and the last one's `steps * batch_size` where max_steps cut it short
+    images_trained = sum(min(steps * config.batch_size, num_train_images) for steps in steps_trained)
     metrics = {
         "model": config.model,
         "num_parameters": int(model.count_params()),
         "epochs": epochs_trained,
+        "steps": sum(steps_trained),
         **({"best_epoch": state["best_epoch"]} if config.early_stopping_patience else {}),
         "num_train_images": num_train_images,
         "num_validation_images": 0 if validation is None else len(validation[1]),
         "train_seconds": round(state["train_seconds"], 3),
         **({"time_budget": config.time_budget, "probe_seconds": state["probe_seconds"]} if "probe_seconds" in state else {}),
-        "images_per_second": round(num_train_images * epochs_trained / state["train_seconds"], 1),
+        "images_per_second": round(images_trained / state["train_seconds"], 1),
         **validation_summary,
     }
     runs.write_json(run_dir / runs.RUN_INFO, {
