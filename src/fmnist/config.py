@@ -28,11 +28,10 @@ def _field(default, help: str):
 class TrainConfig:
     model: str = _field("baseline", "architecture from the model registry (`fmnist models` lists them)")
     epochs: int = _field(10, "passes over the training split")
-    time_budget: float = _field(0.0, "seconds of training to fill on this machine: sets the epochs to as many as "
-                                     "fit 90 percent of it (and --max-steps to end the last one early, where a whole "
-                                     "one would not fit), timed before training by a probe of a few seconds, which "
-                                     "counts against it (0: off; --epochs given without it turns a preset's or "
-                                     "config's budget off)")
+    time_budget: float = _field(0.0, "seconds of training to fill on this machine: sets the epochs, and --max-steps, "
+                                     "to the steps that fit 90 percent of it (whole epochs, then part of one more), "
+                                     "timed before training by a probe of a few seconds, which counts against it "
+                                     "(0: off; --epochs given without it turns a preset's or config's budget off)")
     max_steps: int | None = _field(None, "end training after this many steps in all, cutting the last epoch short "
                                          "(none: every epoch whole); the time budget sets it to the steps that fit")
     batch_size: int = _field(32, "images per optimisation step")
