@@ -257,7 +257,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
                 raise interrupted(f"during epoch {epoch + 1}")
             seconds = time.perf_counter() - started
             last_values = {key: float(values[-1]) for key, values in result.history.items()}
-            row = {"epoch": epoch + 1, **last_values, "seconds": round(seconds, 3), "steps": epoch_steps[epoch]}
+            row = {"epoch": epoch + 1, **last_values, "steps": epoch_steps[epoch], "seconds": round(seconds, 3)}
             history.append(row)
             progress.finish(row)
             state = {**state, "epochs_done": epoch + 1, "train_seconds": state["train_seconds"] + seconds}
