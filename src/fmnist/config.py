@@ -163,7 +163,7 @@ PRESETS: dict[str, dict] = {
         "warmup_fraction": 0.2, "label_smoothing": 0.1, "epochs": 2, "deterministic": False, "steps_per_execution": 16,
     },
     "best": {  # best_bf16's recipe (below) in float32, for as many epochs as fit 15 minutes of training on the machine
-        # that runs it: 8-10 on 2 AVX2 cores on TensorFlow, 10 on PyTorch, where it validated 0.39 and 0.61 points above
+        # that runs it: 8-11 on 2 AVX2 cores on TensorFlow, 10 on PyTorch, where it validated 0.39 and 0.61 points above
         # this preset's former 6 epochs at batch 128 without shifts, erasing or shifted views (3 seeds each; BENCHMARKS.md);
         # 10 epochs with --time-budget 0; 16 steps per call: 3-7% more images/s on TensorFlow
         "model": "compact", "time_budget": 900.0, "epochs": 10, "batch_size": 256, "optimizer": "sgd",
