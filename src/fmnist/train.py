@@ -286,7 +286,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
         model.set_weights(runs.load_keras_file(checkpoint_dir / BEST_MODEL).get_weights())
     else:
         averaging.adopt_averaged_weights(model, statistics_images)
-    metrics = finish(run_dir, config, model, data, history, state, validation, len(x_train))
+    metrics = finish(run_dir, config, model, data, history, state, validation, len(x_train), epoch_steps)
     if report:
         log(f"writing the analysis report to {run_dir / 'report.html'}")
         write_report(run_dir, data=data, model=model)  # the test predictions come from the run, saved by finish
@@ -294,7 +294,8 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
 
 
 def finish(run_dir: Path, config: TrainConfig, model, data: Dataset, history: list[dict],
-           state: dict, validation: tuple[np.ndarray, np.ndarray] | None, num_train_images: int) -> dict:
+           state: dict, validation: tuple[np.ndarray, np.ndarray] | None, num_train_images: int,
+           epoch_steps: list[int]) -> dict:  # fmt: skip
     """Save the final model, evaluate on validation (if held out) and then, once, on the test set; write the run's files."""
     runs.save_model(model, run_dir / runs.MODEL)
     runs.save_figure(plots.training_curves(history), run_dir / "training_curves.png")
@@ -304,7 +305,7 @@ def finish(run_dir: Path, config: TrainConfig, model, data: Dataset, history: li
         validation_summary = evaluate.evaluate_model(model, *validation, data.class_names, **tta).summary("val")
     test_results = evaluate.evaluate_model(model, data.x_test, data.y_test, data.class_names, **tta)
     epochs_trained = state["epochs_done"]
-    steps_trained = config.epoch_steps(-(-num_train_images // config.batch_size))[:epochs_trained]
+    steps_trained = epoch_steps[:epochs_trained]  # fewer than planned after early stopping
     # images of the epochs trained: whole epochs, and the last one's `steps * batch_size` where max_steps cut it short
     images_trained = sum(min(steps * config.batch_size, num_train_images) for steps in steps_trained)
     metrics = {
