@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import json
 import os
 import platform
 import shlex
@@ -151,18 +150,22 @@ def main() -> int:
         train_run(train_arguments + ["--seed", str(seed)], run_dir, compilation_cache)
         # What the user waits for: start-up, data, checkpoints and the final evaluation besides the epochs.
         process_seconds = round(time.perf_counter() - started, 1)
-        summary["runs"].append({**json.loads((run_dir / "metrics.json").read_text()), "process_seconds": process_seconds})
+        metrics = runs.read_json(run_dir / runs.METRICS)
+        epochs = runs.epochs_trained(metrics, runs.read_json(run_dir / runs.CONFIG))  # 10.46 where a budget cut one short
+        summary["runs"].append({**metrics, "epochs_trained": epochs, "process_seconds": process_seconds})
         runs.write_json(runs_dir / "benchmark.json", summary)  # atomic: a benchmark cut off keeps the last whole file
 
     results = summary["runs"]
     first = results[0]
     held_out = all("val_accuracy" in r for r in results)  # not with --validation-fraction 0
     validation = spread([r["val_accuracy"] for r in results], 4) if held_out else "none held out"
+    epochs = [f"{r['epochs_trained']:g}" for r in results]
+    epochs = epochs[0] if len(set(epochs)) == 1 else ", ".join(epochs)  # each seed's where a time budget chose them
     print("\n| model | parameters | epochs | seeds | train time (s) | whole command (s) | images/s "
           "| validation accuracy | test accuracy |")
     print("|---|---|---|---|---|---|---|---|---|")
     print(
-        f"| {first['model']} | {first['num_parameters']:,} | {first['epochs']} | {len(results)} "
+        f"| {first['model']} | {first['num_parameters']:,} | {epochs} | {len(results)} "
         f"| {spread([r['train_seconds'] for r in results], 1)} | {spread([r['process_seconds'] for r in results], 1)} "
         f"| {spread([r['images_per_second'] for r in results], 0)} "
         f"| {validation} | {spread([r['test_accuracy'] for r in results], 4)} |"

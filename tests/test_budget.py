@@ -6,8 +6,9 @@ import time
 import pytest
 
 from conftest import Killed
-from fmnist import budget, plots, runs
+from fmnist import budget, runs
 from fmnist.budget import Probe, seconds_per_unit, steps_within
+from fmnist.compare import compare_runs
 from fmnist.config import TrainConfig
 from fmnist.train import train
 
@@ -108,8 +109,10 @@ def test_max_steps_cuts_the_last_epoch_short_and_the_schedule_ends_with_it(tmp_p
     history = runs.read_csv(tmp_path / runs.HISTORY)
     assert [row["epoch"] for row in history] == [1, 2] and (metrics["epochs"], metrics["steps"]) == (2, 40)
     assert [row["steps"] for row in history] == [29, 11]
-    assert plots.epoch_ends(history) == pytest.approx([1, 1 + 11 / 29])  # where the training curves put the epochs
-    assert plots.epoch_ends([{"epoch": 1}, {"epoch": 2}]) == [1, 2]  # a history from before steps were recorded
+    assert runs.epoch_ends(history) == pytest.approx([1, 1 + 11 / 29])  # where the training curves put the epochs
+    assert runs.epoch_ends([{"epoch": 1}, {"epoch": 2}]) == [1, 2]  # a history from before steps were recorded
+    assert compare_runs([tmp_path])["runs"][0]["epochs"] == 1.38  # `fmnist compare` and the report: 40 / 29 epochs
+    assert runs.epochs_trained({"epochs": 4}, {"batch_size": 32}) == 4  # metrics from before steps were recorded
     assert any(message.startswith("epoch 2/2 (11 of 29 steps) - ") for message in messages)
     # the images trained: all 900 in the first epoch (28 batches of 32, one of 4), then 11 batches of 32
     assert metrics["images_per_second"] * metrics["train_seconds"] == pytest.approx(900 + 11 * 32, rel=0.01)

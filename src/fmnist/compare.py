@@ -40,7 +40,8 @@ def compare_runs(run_dirs: list[str | Path]) -> dict:
         low, high = accuracy_interval(int(correct.sum()), len(correct))
         rows.append({
             "run": str(run_dir), "model": metrics["model"], "num_parameters": metrics["num_parameters"],
-            "epochs": metrics["epochs"], "train_seconds": metrics["train_seconds"],
+            "epochs": runs.epochs_trained(metrics, runs.read_json(run_dir / runs.CONFIG)),  # 10.46: a last epoch cut short
+            "train_seconds": metrics["train_seconds"],
             "val_accuracy": metrics.get("val_accuracy"),  # None for a run that held no images out
             "test_accuracy": results.accuracy,
             "test_accuracy_ci": [low, high], "ece": expected_calibration_error(results.probabilities, results.labels),
@@ -59,7 +60,7 @@ def format_comparison(comparison: dict) -> str:
         low, high = row["test_accuracy_ci"]
         validated = "none held out" if row["val_accuracy"] is None else f"{row['val_accuracy']:.4f}"
         lines.append(
-            f"| {row['run']} | {row['model']} | {row['num_parameters']:,} | {row['epochs']} | {row['train_seconds']:.1f} "
+            f"| {row['run']} | {row['model']} | {row['num_parameters']:,} | {row['epochs']:g} | {row['train_seconds']:.1f} "
             f"| {validated} | {row['test_accuracy']:.4f} ({low:.4f}-{high:.4f}) | {row['ece']:.4f} |"
         )
     if comparison["pairs"]:

@@ -17,6 +17,8 @@ import numpy as np  # noqa: E402
 from matplotlib import pyplot  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
+from fmnist import runs  # noqa: E402
+
 
 def confusion_matrices(counts: np.ndarray, class_names: list[str], title: str):
     """Counts and the same normalised over the true class, side by side (rows = true class)."""
@@ -38,18 +40,10 @@ def confusion_matrices(counts: np.ndarray, class_names: list[str], title: str):
     return figure
 
 
-def epoch_ends(history: list[dict]) -> list[float]:
-    """Where each epoch of `history` ended, in epochs: 1, 2, ... and, for a last epoch cut short (max_steps), 10.46."""
-    if len(history) < 2 or not all("steps" in row for row in history):  # runs from before `steps` was recorded
-        return [row["epoch"] for row in history]
-    whole = max(row["steps"] for row in history)
-    return [float(end) / whole for end in np.cumsum([row["steps"] for row in history])]
-
-
 def training_curves(history: list[dict]):
     """Loss and accuracy per epoch, training against validation (when the run held images out)."""
     figure, axes = pyplot.subplots(1, 2, figsize=(11, 4))
-    epochs = epoch_ends(history)
+    epochs = runs.epoch_ends(history)
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         ax.plot(epochs, [row[metric] for row in history], "o-", label="training")
         if all(f"val_{metric}" in row for row in history):

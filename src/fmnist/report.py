@@ -111,7 +111,8 @@ def write_report(run_dir: str | Path, interpretation: Interpretation | None = No
         f"(95% CI {figures['accuracy_ci_low']:.4f}-{figures['accuracy_ci_high']:.4f}, Wilson), "
         f"loss {figures['test_loss']:.4f}, macro F1 {figures['macro_f1']:.4f}, "
         f"ECE {figures['ece']:.4f} (15 bins); {validation_phrase(metrics)}; "
-        f"{metrics['num_parameters']:,} parameters, {metrics['epochs']} epochs, {metrics['train_seconds']:.1f} s of training."
+        f"{metrics['num_parameters']:,} parameters, {runs.epochs_trained(metrics, config):g} epochs, "
+        f"{metrics['train_seconds']:.1f} s of training."
     )
     if interpretation.validation is None:
         issues_text = ("The run trained on every image of the training file (validation_fraction 0), so the model has "

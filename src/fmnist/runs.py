@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import json
 import os
 import tempfile
@@ -124,6 +125,22 @@ def read_csv(path: Path) -> list[dict]:
         return []
     with open(path, newline="") as file:
         return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(file)]
+
+
+def epoch_ends(history: list[dict]) -> list[float]:
+    """Where each epoch of `history` ended, in epochs: 1, 2, ... and, for a last epoch cut short (max_steps), 10.46."""
+    if len(history) < 2 or not all("steps" in row for row in history):  # runs from before `steps` was recorded
+        return [row["epoch"] for row in history]
+    whole = max(row["steps"] for row in history)
+    return [end / whole for end in itertools.accumulate(row["steps"] for row in history)]
+
+
+def epochs_trained(metrics: dict, config: dict) -> float:
+    """The epochs a finished run trained: 10, or 10.46 where max_steps cut its last one short (to 2 decimals)."""
+    if "steps" not in metrics:  # runs from before `steps` was recorded trained whole epochs
+        return float(metrics["epochs"])
+    steps_per_epoch = -(-metrics["num_train_images"] // config["batch_size"])
+    return round(metrics["steps"] / steps_per_epoch, 2)
 
 
 def _number(text: str):
