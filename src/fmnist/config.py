@@ -197,6 +197,11 @@ PRESETS["fast_bf16"] = {**PRESETS["fast"], "mixed_precision": True, "epochs": 3}
 PRESETS["best_bf16"] = {**PRESETS["best"], "mixed_precision": True, "epochs": 26, "time_budget": 0.0}
 
 
+def whole_epoch_steps(num_train_images: int, batch_size: int) -> int:
+    """The steps of one whole epoch: every training image once, the last batch smaller where they do not divide."""
+    return -(-num_train_images // batch_size)
+
+
 def tta_shift_problems(tta_shift: int, tta: bool) -> list[str]:
     if not 0 <= tta_shift <= 14:
         return [f"tta_shift must be 0-14 pixels, got {tta_shift}"]

@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from fmnist.config import tta_shift_problems
+from fmnist.config import tta_shift_problems, whole_epoch_steps
 
 CONFIG = "config.json"
 CLASS_NAMES = "class_names.json"
@@ -139,8 +139,7 @@ def epochs_trained(metrics: dict, config: dict) -> float:
     """The epochs a finished run trained: 10, or 10.46 where max_steps cut its last one short (to 2 decimals)."""
     if "steps" not in metrics:  # runs from before `steps` was recorded trained whole epochs
         return float(metrics["epochs"])
-    steps_per_epoch = -(-metrics["num_train_images"] // config["batch_size"])
-    return round(metrics["steps"] / steps_per_epoch, 2)
+    return round(metrics["steps"] / whole_epoch_steps(metrics["num_train_images"], config["batch_size"]), 2)
 
 
 def _number(text: str):

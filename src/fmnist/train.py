@@ -29,7 +29,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from fmnist import budget, evaluate, inputs, plots, runs
-from fmnist.config import TrainConfig
+from fmnist.config import TrainConfig, whole_epoch_steps
 from fmnist.data import Dataset, load_dataset
 from fmnist.interrupts import GracefulStop
 from fmnist.progress import EpochProgress
@@ -209,7 +209,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
     x_train, y_train = data.x_train[train_indices], data.y_train[train_indices]
     validation = (data.x_train[validation_indices], data.y_train[validation_indices]) if len(validation_indices) else None
     statistics_images = x_train[: averaging.STATISTICS_IMAGES]  # BatchNorm statistics for averaged weights
-    steps_per_epoch = -(-len(x_train) // config.batch_size)
+    steps_per_epoch = whole_epoch_steps(len(x_train), config.batch_size)
     probe = None
     if config.time_budget and not (run_dir / runs.CONFIG).exists():  # a run that exists keeps its epochs
         probe = probe_machine(config, (x_train, y_train), validation, len(data.class_names), steps_per_epoch)
