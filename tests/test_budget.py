@@ -36,6 +36,30 @@ def test_a_budget_without_room_for_one_step_is_refused_with_the_least_that_would
     assert steps_within(13, probe, steps_per_epoch=90) >= 1  # the figure it names is enough
 
 
+def test_a_plan_on_course_stands_one_that_would_overrun_shrinks_and_time_freed_grows_it():
+    probe = Probe(step_seconds=0.1, validation_seconds=1.0, first_call_seconds=4.0, seconds=6.0)  # epochs of 10 s
+
+    def revised(*epochs, traced=(0,)):
+        return budget.revised_steps(200, probe, 90, list(epochs), planned=17 * 90, traced=traced)
+
+    assert steps_within(200, probe, steps_per_epoch=90) == 17 * 90  # the plan: 170 s of epochs in 200 s
+    assert revised((90, 14.0)) == 17 * 90  # 10 s and the first call's 4, as timed
+    assert revised((90, 14.0), (90, 10.0)) == 17 * 90
+    # 30% slower: the 15 epochs left would take 195 s of the 167 left; 11 epochs and 15 steps take 146.3 s, and a
+    # retrace the first call's 4, 90% of it
+    assert revised((90, 14.0), (90, 13.0)) == 2 * 90 + 11 * 90 + 15
+    # 20% faster: 120 s of the 172 left, 34.8 s short of 90% of it; 18 epochs and 75 steps fill it, with a retrace
+    assert revised((90, 14.0), (90, 8.0)) == 2 * 90 + 18 * 90 + 75
+    assert revised((90, 10.0)) == 17 * 90  # one epoch, whose compiling the probe may have misjudged, grows nothing
+    assert revised((90, 14.0), (90, 180.0)) == 2 * 90  # no time left: training ends with the epochs done
+    # the pace of the last 3 epochs that did not trace the step (40 s of 30 s timed) predicts the rest
+    assert revised((90, 14.0), (90, 10.0), (90, 10.0), (90, 20.0)) == 4 * 90 + 9 * 90 + 5
+    assert revised((90, 14.0), (90, 10.0), (90, 10.0), (90, 9.0), (90, 21.0), traced=(0, 3)) == 5 * 90 + 8 * 90 + 16  # 41 s of 30
+    # an epoch that traced the step again after a revision does not read as a slowdown
+    assert revised((90, 14.0), (90, 10.0), (90, 14.0), traced=(0, 2)) == 17 * 90
+    assert revised((90, 14.0), (90, 10.0), (90, 14.0), traced=(0,)) < 17 * 90
+
+
 def test_chunks_grow_until_one_is_long_enough_and_the_first_calls_extra_time_is_split_off(monkeypatch):
     monkeypatch.setattr(budget, "TIMED_SECONDS", 0.3)
     calls = []
@@ -70,8 +94,10 @@ def test_chunks_stop_at_the_units_there_are():
     assert calls == [1, 5, 5] and per_unit > 0  # all 5 units, far short of TIMED_SECONDS: the data ran out
 
 
-def test_a_budgeted_run_records_its_steps_and_resumes_with_them(tmp_path, dataset, kill_after_checkpoint):
+def test_a_budgeted_run_records_its_steps_and_resumes_with_them(tmp_path, dataset, kill_after_checkpoint, monkeypatch):
     """The epochs and steps chosen go into config.json; a resumed run keeps them instead of probing again."""
+    # the plan as first chosen throughout: a plain run (below) could not repeat its revisions
+    monkeypatch.setattr(budget, "revised_steps", lambda *arguments: arguments[4])
     config = TrainConfig(model="tiny", epochs=1, train_subset=1000, time_budget=10.0, checkpoint_seconds=0)
     steps_per_epoch = 29  # 900 training images in batches of 32
     messages = []
@@ -127,3 +153,37 @@ def test_a_budget_too_small_for_one_epoch_leaves_no_run_behind(tmp_path, dataset
     train(TrainConfig(model="tiny", epochs=1, train_subset=1000), tmp_path / "run", data=dataset,
           log=lambda *a, **k: None, report=False)  # fmt: skip
     assert runs.read_json(tmp_path / "run" / runs.METRICS)["epochs"] == 1  # the directory is free for another run
+
+
+def test_a_budget_whose_probe_erred_short_revises_its_plan_and_a_resumed_run_keeps_the_revision(
+        tmp_path, dataset, monkeypatch, kill_after_checkpoint):  # fmt: skip
+    """A probe that timed steps 4 times as fast as they run (a machine that slows down right after it) plans 4 times
+    the epochs that fit; the plan shrinks after the first epoch, and the schedule ends with the steps trained."""
+    measure = budget.measure
+    monkeypatch.setattr(budget, "measure", lambda *arguments: dataclasses.replace(
+        measure(*arguments), step_seconds=measure(*arguments).step_seconds / 4))  # fmt: skip
+    plans = []  # the first plan's steps
+    monkeypatch.setattr(budget, "steps_within", lambda *arguments: plans.append(steps_within(*arguments)) or plans[-1])
+    config = TrainConfig(model="tiny", epochs=1, train_subset=1000, time_budget=10.0, checkpoint_seconds=1e9,
+                         schedule="onecycle")  # fmt: skip
+    steps_per_epoch, messages = 29, []
+    kill_after_checkpoint(True)  # at the first checkpoint, which is the revision's
+    with pytest.raises(Killed):
+        train(config, tmp_path, data=dataset, log=messages.append, report=False)
+    revision = [message for message in messages if message.startswith("time budget 10 s: ") and " left after epoch " in message]
+    revised = TrainConfig.load(tmp_path / runs.CONFIG)
+    assert len(revision) == 1 and revised.total_steps(steps_per_epoch) < plans[0]
+    assert f"so {budget.describe_steps(revised.total_steps(steps_per_epoch), steps_per_epoch)} in all instead of" in revision[0]
+    checkpointed = runs.read_json(tmp_path / runs.CHECKPOINT_DIR / runs.CHECKPOINT_STATE)
+    assert checkpointed["traced"] == [0, checkpointed["epochs_done"]]  # the first epoch, and the one after the revision
+
+    kill_after_checkpoint(False)
+    messages.clear()
+    metrics = train(config, tmp_path, data=dataset, log=messages.append, report=False)
+    assert not any(" an epoch takes about " in message for message in messages)  # no second probe
+    final = TrainConfig.load(tmp_path / runs.CONFIG)  # revised again once the epochs without compiling show the pace
+    assert metrics["steps"] == final.total_steps(steps_per_epoch) < plans[0] / 2
+    assert sum(row["steps"] for row in runs.read_csv(tmp_path / runs.HISTORY)) == metrics["steps"]
+    schedule = runs.load_keras_file(tmp_path / runs.MODEL, compile=True).optimizer.get_config()["learning_rate"]
+    assert schedule["config"]["total_steps"] == metrics["steps"]  # the one-cycle ended with the last step
+    assert metrics["train_seconds"] + metrics["probe_seconds"] < 10.0 * 1.5  # 4 times over without the revision

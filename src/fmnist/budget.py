@@ -3,6 +3,7 @@
     probe = measure(model, (x_train, y_train), validation, batch_size=256, steps_per_execution=1)
     steps = steps_within(900, probe, steps_per_epoch=211)     # ValueError if not even one step fits
     epochs, max_steps = -(-steps // 211), steps               # the last epoch cut short where a whole one won't fit
+    steps = revised_steps(900, probe, 211, [(211, 80.2), (211, 84.9)], planned=steps)  # after two epochs
 
 `fmnist train --time-budget 900` uses this: a preset's epochs were sized for the machine its trials ran
 on (`best_bf16`: 26 epochs, 13 minutes on an AMD EPYC Zen 4), and on another CPU the same epochs take
@@ -26,6 +27,12 @@ mean, which absorbed such drift; a plan that fills its share with part of one mo
 left for it, and at 95% `best` overran 900 s by 41 s on an AVX2 EPYC whose epochs ran 11% slower than the
 probe had timed (BENCHMARKS.md). At 90% it would have ended inside, and it plans about as much on the mean as
 whole epochs at 95% did.
+
+So the plan is revised at the end of each epoch (`revised_steps`): the epochs to come are predicted at the pace
+of the last ones, and where the rest would overrun the time left, or leave a quarter of an epoch of it unused,
+the run is planned anew for 90% of what is left, and the schedule stretched or shortened to end with it. Replayed
+with each epoch's recorded speed, on the six runs of `best` on all 60,000 images on an AVX2 EPYC (789-981 s with
+the probe as they ran, BENCHMARKS.md), the revisions (1-4 a run) end all six within 862-895 s.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Collection
 
 from fmnist import inputs
 from fmnist.evaluate import PREDICT_BATCH_SIZE
@@ -40,6 +48,8 @@ from fmnist.evaluate import PREDICT_BATCH_SIZE
 SHARE = 0.90  # of the budget, planned for; the rest absorbs the machine's drift in speed
 TIMED_SECONDS = 3.0  # the last chunk of steps (and of validation batches) takes at least this long, data permitting
 FIRST_STEPS = 8  # the first chunk, which traces or compiles the step on TensorFlow and JAX
+RECENT_EPOCHS = 3  # whose pace predicts the epochs to come, in a revision of the plan
+TOLERANCE = 0.05  # of the time left: a plan on course to end within SHARE +- this of it stands
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,14 +69,10 @@ def steps_within(budget: float, probe: Probe, steps_per_epoch: int) -> int:
     Whole epochs, each with its validation pass, then as many steps of one more as fit with that epoch's
     validation: planning whole epochs only left up to an epoch of the budget unused (16-100 s of 900 here).
     """
-    epoch = probe.epoch_seconds(steps_per_epoch)
     overhead = probe.seconds + probe.first_call_seconds
-    available = SHARE * budget - overhead
-    epochs = math.floor(available / epoch) if available > 0 else 0
-    left = available - epochs * epoch - probe.validation_seconds  # for the steps of an epoch cut short
-    extra = min(math.floor(left / probe.step_seconds), steps_per_epoch - 1) if left > 0 else 0
-    steps = epochs * steps_per_epoch + extra
+    steps = steps_in(SHARE * budget - overhead, probe.step_seconds, probe.validation_seconds, steps_per_epoch)
     if steps < 1:
+        epoch = probe.epoch_seconds(steps_per_epoch)
         least = probe.step_seconds + probe.validation_seconds + overhead
         raise ValueError(f"a time budget of {budget:g} s fits no training step here: one takes about "
                          f"{1000 * probe.step_seconds:.0f} ms and the validation after it {probe.validation_seconds:.1f} s "
@@ -74,6 +80,55 @@ def steps_within(budget: float, probe: Probe, steps_per_epoch: int) -> int:
                          f"the first step's compiling; give at least {math.ceil(least / SHARE)} s, or set --epochs "
                          "without --time-budget")  # fmt: skip
     return steps
+
+
+def revised_steps(budget: float, probe: Probe, steps_per_epoch: int, epochs: list[tuple[int, float]], planned: int,
+                  traced: Collection[int] = (0,)) -> int:  # fmt: skip
+    """The training steps in all that fit `budget` now that `epochs` ((steps, seconds) each) have trained: `planned`
+    while the rest is on course to end near `SHARE` of the time left, else a new plan for `SHARE` of it.
+
+    The epochs to come are predicted at the pace of the last `RECENT_EPOCHS` against the probe's timing, leaving
+    out those in `traced`, which traced or compiled the step first (the run's first, the first after a resume or
+    a revision), while there are others. So a machine that slows down during the run is seen within an epoch
+    or two, and the plan shrinks once the rest would take more than `SHARE + TOLERANCE` of the time left. It
+    grows, from the second epoch on, where that frees a quarter of an epoch or more: a new plan costs a retrace
+    of the training step on TensorFlow and JAX (the schedule's length is a constant in the traced step).
+    """
+    done = sum(steps for steps, _ in epochs)
+    left = budget - probe.seconds - sum(seconds for _, seconds in epochs)
+    if done >= planned:
+        return planned
+    pace = pace_of(probe, epochs, traced)
+
+    def seconds_for(steps: int) -> float:
+        return pace * (steps * probe.step_seconds + -(-steps // steps_per_epoch) * probe.validation_seconds)
+
+    predicted = seconds_for(planned - done)
+    if predicted <= (SHARE + TOLERANCE) * left:  # not overrunning: the margin for drift is not half spent
+        worth_a_retrace = max(TOLERANCE * left, seconds_for(steps_per_epoch) / 4, 2 * probe.first_call_seconds)
+        if len(epochs) < 2 or SHARE * left - predicted < worth_a_retrace:
+            return planned
+    available = (SHARE * left - probe.first_call_seconds) / pace  # in the probe's seconds
+    return done + steps_in(available, probe.step_seconds, probe.validation_seconds, steps_per_epoch)
+
+
+def pace_of(probe: Probe, epochs: list[tuple[int, float]], traced: Collection[int] = (0,)) -> float:
+    """The time the last `RECENT_EPOCHS` epochs took, against the probe's timing: 1.1 where they ran 10% slower."""
+    # The compiling in a traced epoch is only estimated (and is most of a short epoch): the others go first
+    plain = [epoch for index, epoch in enumerate(epochs) if index not in traced]
+    recent = (plain or epochs)[-RECENT_EPOCHS:]
+    expected = sum(steps * probe.step_seconds + probe.validation_seconds for steps, _ in recent)
+    expected += 0 if plain else probe.first_call_seconds * len(recent)
+    return sum(seconds for _, seconds in recent) / expected
+
+
+def steps_in(seconds: float, step_seconds: float, validation_seconds: float, steps_per_epoch: int) -> int:
+    """Whole epochs, each with its validation pass, then as many steps of one more as fit `seconds` with its validation."""
+    epoch = steps_per_epoch * step_seconds + validation_seconds
+    epochs = math.floor(seconds / epoch) if seconds > 0 else 0
+    left = seconds - epochs * epoch - validation_seconds  # for the steps of an epoch cut short
+    extra = min(math.floor(left / step_seconds), steps_per_epoch - 1) if left > 0 else 0
+    return epochs * steps_per_epoch + extra
 
 
 def describe_steps(steps: int, steps_per_epoch: int) -> str:

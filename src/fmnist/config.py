@@ -120,6 +120,11 @@ class TrainConfig:
         whole = self.epochs * steps_per_epoch
         return whole if self.max_steps is None else min(whole, self.max_steps)
 
+    def with_total_steps(self, steps: int, steps_per_epoch: int) -> TrainConfig:
+        """This config for `steps` in all: the epochs they span, and max_steps only where it cuts the last one short."""
+        whole = steps % steps_per_epoch == 0
+        return dataclasses.replace(self, epochs=-(-steps // steps_per_epoch), max_steps=None if whole else steps)
+
     def epoch_steps(self, steps_per_epoch: int) -> list[int]:
         """The steps of each epoch the run trains: whole ones, then one cut short where `max_steps` ends it."""
         total = self.total_steps(steps_per_epoch)

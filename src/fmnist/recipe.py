@@ -58,6 +58,17 @@ def learning_rate(config, steps_per_epoch: int):
     return WarmupSchedule(config.learning_rate, total, warmup, shape)
 
 
+def revise_schedule(optimizer: keras.optimizers.Optimizer, total_steps: int) -> bool:
+    """Lengthen or shorten `optimizer`'s WarmupSchedule to end at `total_steps`, keeping its warm-up (a time budget's
+    revised plan); True where it changed: the model's training step must then be traced again, since on TensorFlow
+    and JAX the schedule's length is a constant in it."""
+    schedule = optimizer._learning_rate  # Keras has a public setter for the schedule, and no getter
+    if not isinstance(schedule, WarmupSchedule) or schedule.total_steps == total_steps:
+        return False
+    optimizer.learning_rate = WarmupSchedule(**{**schedule.get_config(), "total_steps": total_steps})
+    return True
+
+
 def build_optimizer(config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     rate = learning_rate(config, steps_per_epoch)
     decay = config.weight_decay or None

@@ -29,12 +29,13 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from fmnist import budget, evaluate, inputs, plots, runs
+from fmnist.checkpoints import BEST_MODEL, load_checkpoint, save_checkpoint, track_best
 from fmnist.config import TrainConfig, whole_epoch_steps
 from fmnist.data import Dataset, load_dataset
 from fmnist.interrupts import GracefulStop
 from fmnist.progress import EpochProgress
 from fmnist.report import write_report
-from fmnist.seeds import epoch_order, restore_seed_states, seed_everything, seed_states
+from fmnist.seeds import epoch_order, seed_everything
 
 
 def split_indices(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -106,6 +107,23 @@ def probe_machine(config: TrainConfig, train: tuple[np.ndarray, np.ndarray], val
     return probe
 
 
+def revised_plan(config: TrainConfig, probe: budget.Probe, history: list[dict], traced: list[int],
+                 steps_per_epoch: int, log) -> TrainConfig | None:  # fmt: skip
+    """`config` with the steps that now fit its time budget, at the pace of the epochs in `history`; None where its
+    plan still fits (budget.revised_steps)."""
+    planned = config.total_steps(steps_per_epoch)
+    epochs = [(row["steps"], row["seconds"]) for row in history]
+    steps = budget.revised_steps(config.time_budget, probe, steps_per_epoch, epochs, planned, traced)
+    if steps == planned:
+        return None
+    left = config.time_budget - probe.seconds - sum(seconds for _, seconds in epochs)
+    pace = budget.pace_of(probe, epochs, traced)
+    log(f"time budget {config.time_budget:g} s: {left:.0f} s left after epoch {len(history)}, whose last epochs took "
+        f"{pace:.2f} times what the probe timed, so {budget.describe_steps(steps, steps_per_epoch)} in all instead of "
+        f"{budget.describe_steps(planned, steps_per_epoch)}")  # fmt: skip
+    return config.with_total_steps(steps, steps_per_epoch)
+
+
 def budgeted_epochs_of(saved: TrainConfig, config: TrainConfig) -> TrainConfig:
     """`config` with the epochs (and steps) a run whose config.json holds `saved` chose for the same time budget: kept
     on resuming."""
@@ -137,39 +155,6 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def load_checkpoint(checkpoint_dir: Path):
-    """(model, state) after the last completed epoch, or (None, None) for a fresh start."""
-    state_path = checkpoint_dir / runs.CHECKPOINT_STATE
-    if not state_path.exists():
-        return None, None
-    state = runs.read_json(state_path)
-    model = runs.load_keras_file(checkpoint_dir / state["model_file"], compile=True)
-    restore_seed_states(model, state.get("seed_states", {}))
-    return model, state
-
-
-def save_checkpoint(checkpoint_dir: Path, model, state: dict) -> None:
-    """The model file is new each epoch and state.json names it, so a kill between the two writes is harmless."""
-    model_file = f"epoch-{state['epochs_done']:04d}.keras"
-    runs.save_model(model, checkpoint_dir / model_file)
-    previous = checkpoint_dir / runs.CHECKPOINT_STATE
-    old_file = runs.read_json(previous)["model_file"] if previous.exists() else None
-    runs.write_json(previous, {**state, "model_file": model_file, "seed_states": seed_states(model)})
-    if old_file and old_file != model_file:
-        (checkpoint_dir / old_file).unlink(missing_ok=True)
-
-
-BEST_MODEL = "best.keras"  # in the checkpoint directory, with early stopping
-
-
-def track_best(checkpoint_dir: Path, model, state: dict, val_accuracy: float, patience: int) -> dict:
-    """Keep the best epoch's model (by validation accuracy) and decide whether to stop."""
-    if val_accuracy > state.get("best_val_accuracy", -1.0):
-        runs.save_model(model, checkpoint_dir / BEST_MODEL)  # before state.json names it the best
-        state = {**state, "best_epoch": state["epochs_done"], "best_val_accuracy": val_accuracy}
-    return {**state, "stopped_early": state["epochs_done"] - state["best_epoch"] >= patience}
-
-
 def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
           data_dir: str | Path | None = None, log=None, report: bool = True) -> dict:
     """Train (or resume) the run in `run_dir` and evaluate it on the test set; return its metrics.
@@ -198,7 +183,7 @@ def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
 
 
 def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report: bool) -> dict:
-    from fmnist import averaging  # imports Keras, which must come after the choice of backend
+    from fmnist import averaging, recipe  # import Keras, which must come after the choice of backend
 
     runs.remove_stale_temporaries(run_dir)
     if steps_per_execution(config) != config.steps_per_execution:
@@ -214,11 +199,11 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
     if config.time_budget and not (run_dir / runs.CONFIG).exists():  # a run that exists keeps its epochs
         probe = probe_machine(config, (x_train, y_train), validation, len(data.class_names), steps_per_epoch)
         steps = budget.steps_within(config.time_budget, probe, steps_per_epoch)
-        whole = steps % steps_per_epoch == 0  # max_steps only where it cuts the last epoch short
-        config = dataclasses.replace(config, epochs=-(-steps // steps_per_epoch), max_steps=None if whole else steps)
+        config = config.with_total_steps(steps, steps_per_epoch)
         log(f"time budget {config.time_budget:g} s: an epoch takes about {probe.epoch_seconds(steps_per_epoch):.1f} s "
             f"here ({steps_per_epoch} steps of {1000 * probe.step_seconds:.0f} ms, validation {probe.validation_seconds:.1f} s), "
-            f"so {budget.describe_steps(steps, steps_per_epoch)} (the probe took {probe.seconds:.1f} s)")  # fmt: skip
+            f"so {budget.describe_steps(steps, steps_per_epoch)} (the probe took {probe.seconds:.1f} s, compiling "
+            f"{probe.first_call_seconds:.1f} s)")  # fmt: skip
         seed_everything(config)  # the probe's model drew from the seeds: the run's starts from them as without it
     runs.write_json(run_dir / runs.CONFIG, config.to_dict())
     runs.write_json(run_dir / runs.CLASS_NAMES, list(data.class_names))
@@ -229,11 +214,17 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
     if model is None:
         model = build_and_compile(config, len(data.class_names), steps_per_epoch)
         state = {"epochs_done": 0, "train_seconds": 0.0, "started": datetime.now(UTC).isoformat(), "stopped_early": False}
-        if probe:
-            state["probe_seconds"] = round(probe.seconds, 3)
+        if probe:  # kept for the revisions of the plan, also after a resume
+            state.update(probe_seconds=round(probe.seconds, 3), probe=dataclasses.asdict(probe), traced=[0])
     else:
         log(f"resuming {run_dir} after epoch {state['epochs_done']} of {len(epoch_steps)}")
         model.steps_per_execution = steps_per_execution(config)  # the checkpoint's is that of the backend it was saved on
+        # config.json is written before the checkpoint that follows a revised plan: a kill between the two leaves the
+        # older schedule in the checkpoint
+        recipe.revise_schedule(model.optimizer, config.total_steps(steps_per_epoch))
+        if "traced" in state:
+            state["traced"] = [*state["traced"], state["epochs_done"]]
+    probe = budget.Probe(**state["probe"]) if "probe" in state else None
     history = runs.read_csv(run_dir / runs.HISTORY)[: state["epochs_done"]]
     progress = EpochProgress(len(epoch_steps), steps_per_epoch, interactive=sys.stdout.isatty(), log=log)
     checkpointed, seconds_since_checkpoint = state["epochs_done"], 0.0
@@ -243,7 +234,8 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
 
     # Over the whole loop, so that a signal between two fits (while an epoch is written down) is caught too.
     with GracefulStop() as stop:
-        for epoch in range(state["epochs_done"], len(epoch_steps) if not state.get("stopped_early") else 0):
+        # epoch_steps may change at an epoch's end, where the time budget revises its plan
+        while (epoch := state["epochs_done"]) < len(epoch_steps) and not state.get("stopped_early"):
             # the epoch's order, drawn as for a whole epoch, so that cutting one short changes no earlier one
             order = epoch_order(config, epoch, len(x_train))[: epoch_steps[epoch] * config.batch_size]
             progress.start(epoch, epoch_steps[epoch])
@@ -266,14 +258,23 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
                 with averaging.averaged_weights(model, statistics_images):  # the weights that were validated
                     state = track_best(checkpoint_dir, model, state, row["val_accuracy"], config.early_stopping_patience)
             seconds_since_checkpoint += seconds
+            revised = (probe and epoch + 1 < len(epoch_steps) and not state.get("stopped_early")
+                       and revised_plan(config, probe, history, state["traced"], steps_per_epoch, log))  # fmt: skip
+            if revised:
+                config, epoch_steps, progress.epochs = revised, revised.epoch_steps(steps_per_epoch), revised.epochs
+                if recipe.revise_schedule(model.optimizer, config.total_steps(steps_per_epoch)):
+                    model.make_train_function(force=True)
+                state["traced"] = [*state["traced"], epoch + 1]
             # The history goes first: a kill between the two writes then leaves a row past the checkpoint, which
             # resuming drops, rather than a checkpoint past the history, whose missing row nothing could restore.
             runs.write_csv(run_dir / runs.HISTORY, history)
+            if revised:  # before the checkpoint, which resuming aligns with it
+                runs.write_json(run_dir / runs.CONFIG, config.to_dict())
             # A checkpoint of resnet9 takes longer than a GPU epoch; one every few seconds loses little on a kill.
             # A new best model is saved with the state that names it, so that the two always agree; so is an
             # epoch finished when a stop was asked for.
             if (seconds_since_checkpoint >= config.checkpoint_seconds or epoch + 1 == len(epoch_steps)
-                    or state.get("stopped_early") or state.get("best_epoch") != best_epoch or stop.requested):
+                    or state.get("stopped_early") or state.get("best_epoch") != best_epoch or stop.requested or revised):
                 save_checkpoint(checkpoint_dir, model, state)
                 checkpointed, seconds_since_checkpoint = epoch + 1, 0.0
             if stop.requested:
