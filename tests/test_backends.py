@@ -297,3 +297,39 @@ JIT_CHECK = textwrap.dedent("""
 
 def test_jit_compile_on_the_torch_backend_compiles_and_trains():
     assert "compiled and trained" in run_on("torch", JIT_CHECK).stdout
+
+
+# A time budget's revised plan reaches the training step, which TensorFlow and JAX traced with the first plan's
+# schedule: after it ends the schedule where training stands (a rate of 0), plain SGD leaves the weights alone.
+REVISED_SCHEDULE_CHECK = textwrap.dedent("""
+    import keras, numpy
+    from fmnist import recipe
+    from fmnist.config import TrainConfig
+    from fmnist.train import build_and_compile
+    config = TrainConfig(model="tiny", optimizer="sgd", momentum=0.0, learning_rate=0.1, schedule="onecycle", epochs=10)
+    model = build_and_compile(config, num_classes=10, steps_per_epoch=100)  # a one-cycle of 1,000 steps
+    generator = numpy.random.default_rng(0)
+    images, labels = generator.integers(0, 256, (64, 28, 28), dtype=numpy.uint8), generator.integers(0, 10, 64)
+
+    def weights():
+        return [keras.ops.convert_to_numpy(variable).copy() for variable in model.trainable_variables]
+
+    def moved(before):
+        return max(float(numpy.abs(old - new).max()) for old, new in zip(before, weights()))
+
+    before = weights()
+    model.fit(images, labels, batch_size=32, epochs=1, verbose=0)  # 2 steps, traced with 1,000 steps to go
+    assert moved(before) > 0, "the first steps did not train"
+    assert recipe.revise_schedule(model.optimizer, total_steps=2)
+    assert not recipe.revise_schedule(model.optimizer, total_steps=2)  # already so
+    model.make_train_function(force=True)
+    before = weights()
+    model.fit(images, labels, batch_size=32, epochs=1, verbose=0)
+    assert moved(before) == 0, f"the weights moved by {moved(before)} after the schedule's end"
+    print("the revised schedule ended training")
+""")
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_a_revised_schedule_reaches_the_traced_training_step(backend):
+    assert "the revised schedule ended training" in run_on(backend, REVISED_SCHEDULE_CHECK).stdout
