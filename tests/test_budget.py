@@ -59,6 +59,13 @@ def test_a_plan_on_course_stands_one_that_would_overrun_shrinks_and_time_freed_g
     assert revised((90, 14.0), (90, 10.0), (90, 14.0), traced=(0, 2)) == 17 * 90
     assert revised((90, 14.0), (90, 10.0), (90, 14.0), traced=(0,)) < 17 * 90
 
+    # Two epochs from the end (16 s at this pace) a plan no longer grows: 90% of 15 s left is 9.1 s more than the 45
+    # steps planned take, but one epoch's drift would overrun the rest; with 17 s left it grows
+    probe = dataclasses.replace(probe, first_call_seconds=0.5)
+    epochs = [(90, 10.5)] + [(90, 8.0)] * 20  # 176.5 s with the probe
+    assert budget.revised_steps(176.5 + 15, probe, 90, epochs, planned=21 * 90 + 45) == 21 * 90 + 45
+    assert budget.revised_steps(176.5 + 17, probe, 90, epochs, planned=21 * 90 + 45) > 21 * 90 + 45
+
 
 def test_chunks_grow_until_one_is_long_enough_and_the_first_calls_extra_time_is_split_off(monkeypatch):
     monkeypatch.setattr(budget, "TIMED_SECONDS", 0.3)
@@ -158,10 +165,14 @@ def test_a_budget_too_small_for_one_epoch_leaves_no_run_behind(tmp_path, dataset
 def test_a_budget_whose_probe_erred_short_revises_its_plan_and_a_resumed_run_keeps_the_revision(
         tmp_path, dataset, monkeypatch, kill_after_checkpoint):  # fmt: skip
     """A probe that timed steps 4 times as fast as they run (a machine that slows down right after it) plans 4 times
-    the epochs that fit; the plan shrinks after the first epoch, and the schedule ends with the steps trained."""
+    the epochs that fit; the plan shrinks within the first epochs, and the schedule ends with the steps trained."""
     measure = budget.measure
-    monkeypatch.setattr(budget, "measure", lambda *arguments: dataclasses.replace(
-        measure(*arguments), step_seconds=measure(*arguments).step_seconds / 4))  # fmt: skip
+
+    def measure_too_fast(*arguments):
+        probe = measure(*arguments)
+        return dataclasses.replace(probe, step_seconds=probe.step_seconds / 4)
+
+    monkeypatch.setattr(budget, "measure", measure_too_fast)
     plans = []  # the first plan's steps
     monkeypatch.setattr(budget, "steps_within", lambda *arguments: plans.append(steps_within(*arguments)) or plans[-1])
     config = TrainConfig(model="tiny", epochs=1, train_subset=1000, time_budget=10.0, checkpoint_seconds=1e9,

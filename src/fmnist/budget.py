@@ -32,7 +32,7 @@ So the plan is revised at the end of each epoch (`revised_steps`): the epochs to
 of the last ones, and where the rest would overrun the time left, or leave a quarter of an epoch of it unused,
 the run is planned anew for 90% of what is left, and the schedule stretched or shortened to end with it. Replayed
 with each epoch's recorded speed, on the six runs of `best` on all 60,000 images on an AVX2 EPYC (789-981 s with
-the probe as they ran, BENCHMARKS.md), the revisions (1-4 a run) end all six within 862-895 s.
+the probe as they ran, BENCHMARKS.md), the revisions (0-4 a run) end all six within 826-895 s.
 """
 
 from __future__ import annotations
@@ -91,8 +91,9 @@ def revised_steps(budget: float, probe: Probe, steps_per_epoch: int, epochs: lis
     out those in `traced`, which traced or compiled the step first (the run's first, the first after a resume or
     a revision), while there are others. So a machine that slows down during the run is seen within an epoch
     or two, and the plan shrinks once the rest would take more than `SHARE + TOLERANCE` of the time left. It
-    grows, from the second epoch on, where that frees a quarter of an epoch or more: a new plan costs a retrace
-    of the training step on TensorFlow and JAX (the schedule's length is a constant in the traced step).
+    grows, from the second epoch on and until two epochs from the end, where more than a quarter of an epoch (and
+    `TOLERANCE` of the time left) of `SHARE` would go unused: a new plan costs a retrace of the training step on
+    TensorFlow and JAX (the schedule's length is a constant in the traced step).
     """
     done = sum(steps for steps, _ in epochs)
     left = budget - probe.seconds - sum(seconds for _, seconds in epochs)
@@ -106,7 +107,9 @@ def revised_steps(budget: float, probe: Probe, steps_per_epoch: int, epochs: lis
     predicted = seconds_for(planned - done)
     if predicted <= (SHARE + TOLERANCE) * left:  # not overrunning: the margin for drift is not half spent
         worth_a_retrace = max(TOLERANCE * left, seconds_for(steps_per_epoch) / 4, 2 * probe.first_call_seconds)
-        if len(epochs) < 2 or SHARE * left - predicted < worth_a_retrace:
+        # Not within two epochs of the end: 10% of that is less than one epoch's own drift, and a plan grown with 37 s
+        # left ended 0.1 s over the budget on PyTorch (BENCHMARKS.md)
+        if len(epochs) < 2 or left < seconds_for(2 * steps_per_epoch) or SHARE * left - predicted < worth_a_retrace:
             return planned
     available = (SHARE * left - probe.first_call_seconds) / pace  # in the probe's seconds
     return done + steps_in(available, probe.step_seconds, probe.validation_seconds, steps_per_epoch)
