@@ -96,7 +96,7 @@ def revised_steps(budget: float, probe: Probe, steps_per_epoch: int, epochs: lis
     TensorFlow and JAX (the schedule's length is a constant in the traced step).
     """
     done = sum(steps for steps, _ in epochs)
-    left = budget - probe.seconds - sum(seconds for _, seconds in epochs)
+    left = seconds_left(budget, probe, epochs)
     if done >= planned:
         return planned
     pace = pace_of(probe, epochs, traced)
@@ -113,6 +113,11 @@ def revised_steps(budget: float, probe: Probe, steps_per_epoch: int, epochs: lis
             return planned
     available = (SHARE * left - probe.first_call_seconds) / pace  # in the probe's seconds
     return done + steps_in(available, probe.step_seconds, probe.validation_seconds, steps_per_epoch)
+
+
+def seconds_left(budget: float, probe: Probe, epochs: list[tuple[int, float]]) -> float:
+    """What is left of `budget` after the probe and `epochs` ((steps, seconds) each)."""
+    return budget - probe.seconds - sum(seconds for _, seconds in epochs)
 
 
 def pace_of(probe: Probe, epochs: list[tuple[int, float]], traced: Collection[int] = (0,)) -> float:

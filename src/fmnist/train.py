@@ -116,8 +116,7 @@ def revised_plan(config: TrainConfig, probe: budget.Probe, history: list[dict], 
     steps = budget.revised_steps(config.time_budget, probe, steps_per_epoch, epochs, planned, traced)
     if steps == planned:
         return None
-    left = config.time_budget - probe.seconds - sum(seconds for _, seconds in epochs)
-    pace = budget.pace_of(probe, epochs, traced)
+    left, pace = budget.seconds_left(config.time_budget, probe, epochs), budget.pace_of(probe, epochs, traced)
     log(f"time budget {config.time_budget:g} s: {left:.0f} s left after epoch {len(history)}, whose last epochs took "
         f"{pace:.2f} times what the probe timed, so {budget.describe_steps(steps, steps_per_epoch)} in all instead of "
         f"{budget.describe_steps(planned, steps_per_epoch)}")  # fmt: skip
