@@ -66,7 +66,7 @@ def test_flip_tta_averages_an_image_and_its_mirror():
 
 
 def test_shift_tta_averages_every_view_that_shifts_of_a_pixel_and_flips_train_on():
-    from fmnist.evaluate import tta_views
+    from fmnist.evaluate import tta_views, view_count
 
     model = build_model("tiny")
     images = np.random.default_rng(4).integers(1, 256, size=(5, 28, 28), dtype=np.uint8)  # no zeros, so fill shows
@@ -80,6 +80,7 @@ def test_shift_tta_averages_every_view_that_shifts_of_a_pixel_and_flips_train_on
     expected = np.mean([softmax(predict_logits(model, view)) for view in expected_views], axis=0)
     np.testing.assert_allclose(softmax(predict_logits(model, images, tta=True, tta_shift=1)), expected, atol=1e-9)
     assert len(tta_views(images, 2)) == 50 and len(tta_views(images)) == 2
+    assert [view_count(True, 1), view_count(True, 2), view_count(True), view_count()] == [18, 50, 2, 1]
 
 
 def test_early_stopping_keeps_the_best_epoch(dataset, tmp_path):

@@ -61,6 +61,7 @@ def test_a_run_without_validation_trains_on_every_image_and_says_so(tmp_path, da
     assert metrics["num_train_images"] == 1000 and metrics["num_validation_images"] == 0
     assert "val_accuracy" not in metrics and 0.1 < metrics["test_accuracy"] <= 1.0
     assert any("validation 0.0 s" in message for message in messages)  # the budget's probe timed no validation pass
+    assert "evaluating the final model: 10,000 images" in messages  # the test set alone, one view of each
     history = runs.read_csv(tmp_path / runs.HISTORY)
     assert len(history) == metrics["epochs"] and not any(key.startswith("val_") for key in history[0])
     report = (tmp_path / "report.md").read_text()
@@ -97,6 +98,7 @@ def test_run_directory_describes_itself(tiny_run):
     assert not (run_dir / runs.CHECKPOINT_DIR).exists()
     assert TrainConfig.load(run_dir / runs.CONFIG) == config
     assert set(metrics) >= {"test_accuracy", "test_loss", "val_accuracy", "train_seconds", "num_parameters"}
+    assert metrics["evaluation_seconds"] > 0
     assert json.loads((run_dir / runs.METRICS).read_text()) == metrics
     assert [row["epoch"] for row in runs.read_csv(run_dir / runs.HISTORY)] == [1, 2]
     info = json.loads((run_dir / runs.RUN_INFO).read_text())

@@ -84,6 +84,11 @@ def tta_views(images: np.ndarray, shift: int = 0) -> list[np.ndarray]:
     return [view for each in moved for view in (each, mirror(each))]
 
 
+def view_count(tta: bool = False, tta_shift: int = 0) -> int:
+    """How many views of each image `predict_logits` predicts: 1 without TTA, else `len(tta_views(images, tta_shift))`."""
+    return 2 * len(tta_offsets(tta_shift)) if tta else 1
+
+
 def tta_offsets(shift: int) -> list[tuple[int, int]]:
     """The (down, right) offsets of `tta_views`, of up to `shift` pixels each way, (0, 0) first."""
     return sorted(itertools.product(range(-shift, shift + 1), repeat=2), key=lambda offset: offset != (0, 0))

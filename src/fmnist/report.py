@@ -165,4 +165,5 @@ def _provenance_rows(info: dict, metrics: dict) -> list[list]:
     rows += [[f"checksum: {name}", checksum] for name, checksum in info.get("data_checksums", {}).items()]
     rows += [[key, info[key]] for key in ("data_directory", "started", "finished", "host", "cpu_count") if key in info]
     rows += [["train_seconds", metrics.get("train_seconds")], ["images_per_second", metrics.get("images_per_second")]]
+    rows += [["evaluation_seconds", metrics["evaluation_seconds"]]] if "evaluation_seconds" in metrics else []
     return rows

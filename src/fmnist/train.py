@@ -286,7 +286,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
         model.set_weights(runs.load_keras_file(checkpoint_dir / BEST_MODEL).get_weights())
     else:
         averaging.adopt_averaged_weights(model, statistics_images)
-    metrics = finish(run_dir, config, model, data, history, state, validation, len(x_train), epoch_steps)
+    metrics = finish(run_dir, config, model, data, history, state, validation, len(x_train), epoch_steps, log)
     if report:
         log(f"writing the analysis report to {run_dir / 'report.html'}")
         write_report(run_dir, data=data, model=model)  # the test predictions come from the run, saved by finish
@@ -295,15 +295,21 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
 
 def finish(run_dir: Path, config: TrainConfig, model, data: Dataset, history: list[dict],
            state: dict, validation: tuple[np.ndarray, np.ndarray] | None, num_train_images: int,
-           epoch_steps: list[int]) -> dict:  # fmt: skip
+           epoch_steps: list[int], log) -> dict:  # fmt: skip
     """Save the final model, evaluate on validation (if held out) and then, once, on the test set; write the run's files."""
     runs.save_model(model, run_dir / runs.MODEL)
     runs.save_figure(plots.training_curves(history), run_dir / "training_curves.png")
     tta = config.tta_options()
+    # The time budget covers training only; this is what the whole command takes beyond it (README)
+    images = len(data.y_test) + (0 if validation is None else len(validation[1]))
+    views = evaluate.view_count(**tta)
+    log(f"evaluating the final model: {images:,} images" + (f", {views} views of each" if views > 1 else ""))
+    started = time.perf_counter()
     validation_summary = {}
     if validation is not None:
         validation_summary = evaluate.evaluate_model(model, *validation, data.class_names, **tta).summary("val")
     test_results = evaluate.evaluate_model(model, data.x_test, data.y_test, data.class_names, **tta)
+    evaluation_seconds = time.perf_counter() - started
     epochs_trained = state["epochs_done"]
     steps_trained = epoch_steps[:epochs_trained]  # fewer than planned after early stopping
     # images of the epochs trained: whole epochs, and the last one's `steps * batch_size` where max_steps cut it short
@@ -319,6 +325,7 @@ def finish(run_dir: Path, config: TrainConfig, model, data: Dataset, history: li
         "train_seconds": round(state["train_seconds"], 3),
         **({"time_budget": config.time_budget, "probe_seconds": state["probe_seconds"]} if "probe_seconds" in state else {}),
         "images_per_second": round(images_trained / state["train_seconds"], 1),
+        "evaluation_seconds": round(evaluation_seconds, 3),  # the final model on the validation and test images
         **validation_summary,
     }
     runs.write_json(run_dir / runs.RUN_INFO, {
