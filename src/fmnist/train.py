@@ -300,7 +300,7 @@ def finish(run_dir: Path, config: TrainConfig, model, data: Dataset, history: li
     runs.save_model(model, run_dir / runs.MODEL)
     runs.save_figure(plots.training_curves(history), run_dir / "training_curves.png")
     tta = config.tta_options()
-    # The time budget covers training only; this is what the whole command takes beyond it (README)
+    # The time budget covers training only: the log and metrics.json say what the evaluation after it costs (README)
     images = len(data.y_test) + (0 if validation is None else len(validation[1]))
     views = evaluate.view_count(**tta)
     log(f"evaluating the final model: {images:,} images" + (f", {views} views of each" if views > 1 else ""))
