@@ -194,14 +194,14 @@ def command_compare(arguments: argparse.Namespace) -> int:
 
 
 def command_export(arguments: argparse.Namespace) -> int:
-    from fmnist.evaluate import tta_offsets
+    from fmnist.evaluate import view_count
     from fmnist.export import export_run
 
     report = export_run(arguments.run, arguments.format, data_dir=arguments.data_dir, output=arguments.output,
                         model_version=arguments.model_version, ensemble=tuple(arguments.ensemble or ()),
                         tta=arguments.tta, tta_shift=arguments.tta_shift)  # fmt: skip
     if "runs" in report:  # an ensemble's or TTA's export
-        views = 2 * len(tta_offsets(report["tta_shift"])) if report["tta"] else 1  # each offset, mirrored or not
+        views = view_count(report["tta"], report["tta_shift"])
         averaged = f" (averaging {len(report['runs'])} run(s) over {views} view(s) of each image)"
     else:
         averaged = ""

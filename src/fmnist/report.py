@@ -164,6 +164,5 @@ def _provenance_rows(info: dict, metrics: dict) -> list[list]:
     rows = [[f"version: {name}", version] for name, version in info.get("versions", {}).items()]
     rows += [[f"checksum: {name}", checksum] for name, checksum in info.get("data_checksums", {}).items()]
     rows += [[key, info[key]] for key in ("data_directory", "started", "finished", "host", "cpu_count") if key in info]
-    rows += [["train_seconds", metrics.get("train_seconds")], ["images_per_second", metrics.get("images_per_second")]]
-    rows += [["evaluation_seconds", metrics["evaluation_seconds"]]] if "evaluation_seconds" in metrics else []
+    rows += [[key, metrics[key]] for key in ("train_seconds", "images_per_second", "evaluation_seconds") if key in metrics]
     return rows
