@@ -42,8 +42,8 @@ def test_torch_backend_smoke(tmp_path, real_data_dir, dataset):
     import torch  # noqa: F401  (a test dependency, as jax above)
 
     run_dir = tmp_path / "torch-run"
-    options = ["--model", "compact", "--epochs", "1", "--train-subset", "2000", "--optimizer", "sgd",
-               "--learning-rate", "0.05", "--flip", "--tta", "--no-report"]  # fmt: skip
+    options = ["--model", "compact", "--epochs", "1", "--train-subset", "2000", "--optimizer", "muon",
+               "--learning-rate", "0.02", "--flip", "--tta", "--no-report"]  # fmt: skip
     run_cli("--backend", "torch", "train", "--run-dir", str(run_dir), "--data-dir", str(real_data_dir), *options)
     check_run_and_predict("torch", run_dir, tmp_path, dataset)
 

@@ -263,3 +263,22 @@ def shift_image(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """The image moved dy rows down and dx columns right, black where nothing moved in."""
     padded = np.pad(image, 2)
     return padded[2 - dy : 2 - dy + 28, 2 - dx : 2 - dx + 28]
+
+
+def test_muon_steps_convolution_kernels_by_an_orthogonalised_matrix_and_the_logits_by_adamw():
+    import keras
+
+    kernel = keras.Variable(np.zeros((3, 3, 8, 16), "float32"), name="conv_kernel")
+    logits = keras.Variable(np.zeros((16, 10), "float32"), name="logits_kernel")
+    optimizer = build_optimizer(TrainConfig(optimizer="muon", learning_rate=0.01), 10)
+    # output channels of gradients a hundred times apart: SGD would move the kernel's columns as unequally
+    gradient = (np.random.default_rng(0).normal(size=(3, 3, 8, 16)) * np.geomspace(0.1, 10, 16)).astype("float32")
+    optimizer.apply_gradients([(gradient, kernel), (np.full((16, 10), 3.0, "float32"), logits)])
+    step = -as_numpy(kernel).reshape(72, 16)  # the kernel as the matrix of its dense form
+    singular_values = np.linalg.svd(step, compute_uv=False)
+    assert np.ptp(np.log(np.linalg.svd(gradient.reshape(72, 16), compute_uv=False))) > np.log(20)
+    assert singular_values.max() / singular_values.min() < 2  # Newton-Schulz's 5 steps end within about 0.7-1.2
+    assert np.sqrt(np.mean(step**2)) == pytest.approx(0.01 * 0.2, rel=0.3)  # Keras' RMS rate of 0.2 of the rate
+    np.testing.assert_allclose(as_numpy(logits), -0.01, rtol=1e-3)  # AdamW's first step: the rate, against the sign
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    assert type(restored) is type(optimizer) and restored.exclude_layers == ["logits"]

@@ -37,8 +37,10 @@ class TrainConfig:
                                          "(none: every epoch whole); the time budget sets it to the steps that fit")
     batch_size: int = _field(32, "images per optimisation step")
     learning_rate: float = _field(1e-3, "step size (the peak of the schedule when there is one)")
-    optimizer: str = _field("adam", "adam, adamw (decoupled weight decay) or sgd (Nesterov momentum)")
-    momentum: float = _field(0.9, "SGD's momentum")
+    optimizer: str = _field("adam", "adam, adamw (decoupled weight decay), sgd (Nesterov momentum) or muon "
+                                    "(Nesterov momentum orthogonalised for each convolution and hidden dense kernel, "
+                                    "AdamW for the other weights at the same rate)")
+    momentum: float = _field(0.9, "SGD's and Muon's momentum")
     weight_decay: float = _field(0.0, "decoupled weight decay per step, relative to the learning rate")
     schedule: str = _field("constant", "learning-rate schedule: constant, onecycle (linear up, linear down) or "
                                        "cosine (linear warm-up, cosine decay)")
@@ -168,15 +170,15 @@ PRESETS: dict[str, dict] = {
         "model": "baseline_wide", "batch_size": 64, "learning_rate": 5e-3, "schedule": "onecycle",
         "warmup_fraction": 0.2, "label_smoothing": 0.1, "epochs": 2, "deterministic": False, "steps_per_execution": 16,
     },
-    "best": {  # best_bf16's recipe (below) in float32, for as many epochs as fit 15 minutes of training on the machine
-        # that runs it: 8-11 on 2 AVX2 cores on TensorFlow, 10 on PyTorch, where it validated 0.39 and 0.61 points above
-        # this preset's former 6 epochs at batch 128 without shifts, erasing or shifted views (3 seeds each; BENCHMARKS.md);
-        # 10 epochs with --time-budget 0; 16 steps per call: 3-7% more images/s on TensorFlow. Its shifts still pay
-        # at those 8-11 epochs: without them (and their views at test time) 2 seeds validated 0.16-0.25 points lower.
-        # `compact` pooling before BatchNorm (12% more images/s there) validated no higher than `compact` in its fast
-        # hour (3 seeds)
-        "model": "compact", "time_budget": 900.0, "epochs": 10, "batch_size": 256, "optimizer": "sgd",
-        "learning_rate": 0.2, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle", "warmup_fraction": 0.25,
+    "best": {  # compact with best_bf16's augmentation, label smoothing and schedule (below) in float32, trained by Muon,
+        # for as many epochs as fit 15 minutes of training on the machine that runs it: 9.7-10.7 on 2 AVX2 cores on
+        # TensorFlow, where Muon (peak 0.02, weight decay 0.05, the best of 0.01-0.05 over 4 epochs) validated 0.5
+        # points above SGD (Nesterov, peak 0.2, weight decay 5e-4; 3 seeds each; BENCHMARKS.md); 10 epochs with
+        # --time-budget 0; 16 steps per call: 3-7% more images/s on TensorFlow. With SGD its shifts still paid at those
+        # 8-11 epochs: without them (and their views at test time) 2 seeds validated 0.16-0.25 points lower. `compact`
+        # pooling before BatchNorm (12% more images/s there) validated no higher than `compact` in its fast hour
+        "model": "compact", "time_budget": 900.0, "epochs": 10, "batch_size": 256, "optimizer": "muon",
+        "learning_rate": 0.02, "momentum": 0.9, "weight_decay": 0.05, "schedule": "onecycle", "warmup_fraction": 0.25,
         "label_smoothing": 0.1, "translate": 1, "flip": True, "erase": 0.5, "tta": True, "tta_shift": 1,
         "deterministic": False, "steps_per_execution": 16,
     },
@@ -203,7 +205,9 @@ PRESETS["fast_bf16"] = {**PRESETS["fast"], "mixed_precision": True, "epochs": 3}
 # flip TTA alone (3 seeds). Since BatchNorm runs the backends' fused kernels in bfloat16 it takes 11-12 minutes there;
 # 30 epochs validated no higher than 26 (seed 0), nor its time budget's 34-36 higher than 26 beyond the spread
 # between seeds, so its epochs stay fixed.
-PRESETS["best_bf16"] = {**PRESETS["best"], "mixed_precision": True, "epochs": 26, "time_budget": 0.0}
+# It keeps the SGD it was chosen with (Muon, which `best` took up on an AVX2 CPU, has not been trained in bfloat16).
+PRESETS["best_bf16"] = {**PRESETS["best"], "optimizer": "sgd", "learning_rate": 0.2, "weight_decay": 5e-4,
+                        "mixed_precision": True, "epochs": 26, "time_budget": 0.0}
 
 
 def whole_epoch_steps(num_train_images: int, batch_size: int) -> int:

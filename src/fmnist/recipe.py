@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from pathlib import Path
 
 import keras
@@ -76,9 +77,36 @@ def build_optimizer(config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     average = {"use_ema": config.ema > 0, "ema_momentum": config.ema or 0.99}
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=True, weight_decay=decay, **average)
+    if config.optimizer == "muon":
+        return ConvMuon(rate, momentum=config.momentum, weight_decay=config.weight_decay, adam_weight_decay=config.weight_decay,
+                        exclude_layers=["logits"], **average)
     if config.optimizer == "adamw":
         return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay, **average)
     return keras.optimizers.Adam(rate, weight_decay=decay, **average)
+
+
+@keras.saving.register_keras_serializable(package="fmnist")
+class ConvMuon(keras.optimizers.Muon):
+    """Keras' Muon with convolution kernels among the matrices it orthogonalises.
+
+    Keras' Muon takes the Muon step for 2-D kernels only, and AdamW's for the rest, which in a CNN leaves
+    every convolution to AdamW. Here a convolution's (height, width, in, out) kernel takes the Muon step
+    as the (height * width * in, out) matrix of its dense form (as in Keller Jordan's airbench), scaled
+    as Keras scales a matrix of that shape; layers named in `exclude_layers` (the logits) keep AdamW.
+    """
+
+    def _should_use_adamw(self, variable):
+        if len(variable.shape) == 4:
+            return any(re.search(keyword, variable.path) for keyword in self.exclude_layers)
+        return super()._should_use_adamw(variable)
+
+    def _muon_update_step(self, gradient, variable, learning_rate, momentum_average):
+        # Keras' step, on the kernel's matrix form: its scaling reads the first two axes as the matrix's
+        self.assign_add(momentum_average, ops.add(gradient, momentum_average * (self.momentum - 1)))
+        direction = ops.add(gradient, self.momentum * momentum_average) if self.nesterov else momentum_average
+        matrix = ops.reshape(direction, (-1, variable.shape[-1]))
+        update = self.lr_adjust(learning_rate * self.zeropower_via_newtonschulz5(matrix, self.ns_steps))
+        self.assign_sub(variable, ops.reshape(update, variable.shape))
 
 
 @keras.saving.register_keras_serializable(package="fmnist")
