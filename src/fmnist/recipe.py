@@ -100,13 +100,19 @@ class ConvMuon(keras.optimizers.Muon):
             return any(re.search(keyword, variable.path) for keyword in self.exclude_layers)
         return super()._should_use_adamw(variable)
 
-    def _muon_update_step(self, gradient, variable, learning_rate, momentum_average):
-        # Keras' step, on the kernel's matrix form: its scaling reads the first two axes as the matrix's
-        self.assign_add(momentum_average, ops.add(gradient, momentum_average * (self.momentum - 1)))
-        direction = ops.add(gradient, self.momentum * momentum_average) if self.nesterov else momentum_average
-        matrix = ops.reshape(direction, (-1, variable.shape[-1]))
-        update = self.lr_adjust(learning_rate * self.zeropower_via_newtonschulz5(matrix, self.ns_steps))
-        self.assign_sub(variable, ops.reshape(update, variable.shape))
+    # Keras' Muon step calls these two on the kernel's own shape; each works on its matrix form (Keras' scaling reads
+    # the first two axes as the matrix's) and hands back the kernel's shape
+    def zeropower_via_newtonschulz5(self, x, steps: int):
+        return ops.reshape(super().zeropower_via_newtonschulz5(matrix_form(x), steps), x.shape)
+
+    def lr_adjust(self, x):
+        return ops.reshape(super().lr_adjust(matrix_form(x)), x.shape)
+
+
+def matrix_form(kernel):
+    """A (height, width, in, out) convolution kernel as the (height * width * in, out) matrix of its dense form; a
+    matrix as it is."""
+    return ops.reshape(kernel, (-1, kernel.shape[-1]))
 
 
 @keras.saving.register_keras_serializable(package="fmnist")
