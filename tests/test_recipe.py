@@ -281,4 +281,23 @@ def test_muon_steps_convolution_kernels_by_an_orthogonalised_matrix_and_the_logi
     assert np.sqrt(np.mean(step**2)) == pytest.approx(0.01 * 0.2, rel=0.3)  # Keras' RMS rate of 0.2 of the rate
     np.testing.assert_allclose(as_numpy(logits), -0.01, rtol=1e-3)  # AdamW's first step: the rate, against the sign
     restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
-    assert type(restored) is type(optimizer) and restored.exclude_layers == ["logits"]
+    assert type(restored) is type(optimizer) and restored.exclude_layers == ["logits"] and restored.dense_kernels
+
+
+@pytest.mark.parametrize("muon_dense", [True, False])
+def test_muon_leaves_hidden_dense_kernels_to_adamw_only_when_told(muon_dense):
+    import keras
+
+    kernel = keras.Variable(np.zeros((32, 16), "float32"), name="dense_kernel")
+    config = TrainConfig(optimizer="muon", learning_rate=0.01, muon_dense=muon_dense)
+    optimizer = build_optimizer(config, 10)
+    gradient = np.random.default_rng(0).normal(size=(32, 16)).astype("float32")
+    optimizer.apply_gradients([(gradient, kernel)])
+    step = -as_numpy(kernel)
+    if muon_dense:  # an orthogonalised matrix: its singular values close together (a random sign matrix's: 3-6x apart)
+        singular_values = np.linalg.svd(step, compute_uv=False)
+        assert singular_values.max() / singular_values.min() < 2
+    else:  # AdamW's first step: the rate, against the gradient's sign (less by Adam's epsilon for tiny gradients)
+        np.testing.assert_allclose(step, 0.01 * np.sign(gradient), rtol=1e-2)
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    assert restored.dense_kernels is muon_dense

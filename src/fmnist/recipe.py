@@ -79,7 +79,7 @@ def build_optimizer(config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
         return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=True, weight_decay=decay, **average)
     if config.optimizer == "muon":
         return ConvMuon(rate, momentum=config.momentum, weight_decay=config.weight_decay, adam_weight_decay=config.weight_decay,
-                        exclude_layers=["logits"], **average)
+                        exclude_layers=["logits"], dense_kernels=config.muon_dense, **average)
     if config.optimizer == "adamw":
         return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay, **average)
     return keras.optimizers.Adam(rate, weight_decay=decay, **average)
@@ -92,13 +92,23 @@ class ConvMuon(keras.optimizers.Muon):
     Keras' Muon takes the Muon step for 2-D kernels only, and AdamW's for the rest, which in a CNN leaves
     every convolution to AdamW. Here a convolution's (height, width, in, out) kernel takes the Muon step
     as the (height * width * in, out) matrix of its dense form (as in Keller Jordan's airbench), scaled
-    as Keras scales a matrix of that shape; layers named in `exclude_layers` (the logits) keep AdamW.
+    as Keras scales a matrix of that shape; layers named in `exclude_layers` (the logits) keep AdamW, and so do
+    dense kernels with `dense_kernels=False`.
     """
+
+    def __init__(self, *args, dense_kernels: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dense_kernels = dense_kernels
 
     def _should_use_adamw(self, variable):
         if len(variable.shape) == 4:
             return any(re.search(keyword, variable.path) for keyword in self.exclude_layers)
+        if len(variable.shape) == 2 and not self.dense_kernels:
+            return True
         return super()._should_use_adamw(variable)
+
+    def get_config(self):
+        return {**super().get_config(), "dense_kernels": self.dense_kernels}
 
     # Keras' Muon step calls these two on the kernel's own shape; each works on its matrix form (Keras' scaling reads
     # the first two axes as the matrix's) and hands back the kernel's shape
