@@ -178,7 +178,8 @@ PRESETS: dict[str, dict] = {
     "spec": {},  # the spec's settings, the same as no preset
     "fast": {  # FAST_ADAM with Muon for the two convolutions and AdamW for the dense kernels at batch 128: 0.72 points
         # more validation accuracy than Adam in the same 2 epochs and time on 2 AVX2 cores (3 seeds each); Muon for the
-        # 1,600 x 256 dense kernel as well validated higher again but took 1.4-1.9 times as long (BENCHMARKS.md)
+        # 1,600 x 256 dense kernel as well validated up to 0.6 points higher again (one seed), but took 1.3-1.9 times
+        # as long at batch 128-64 (BENCHMARKS.md)
         **FAST_ADAM, "optimizer": "muon", "muon_dense": False, "batch_size": 128, "learning_rate": 0.01,
     },
     "best": {  # compact with best_bf16's augmentation, label smoothing and schedule (below) in float32, trained by Muon,
