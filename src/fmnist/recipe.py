@@ -78,7 +78,8 @@ def build_optimizer(config, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(rate, momentum=config.momentum, nesterov=True, weight_decay=decay, **average)
     if config.optimizer == "muon":
-        return ConvMuon(rate, momentum=config.momentum, weight_decay=config.weight_decay, adam_weight_decay=config.weight_decay,
+        # None, not 0, where there is no decay: Keras' Muon otherwise rewrites every weight as itself at every step
+        return ConvMuon(rate, momentum=config.momentum, weight_decay=decay, adam_weight_decay=decay,
                         exclude_layers=["logits"], dense_kernels=config.muon_dense, **average)
     if config.optimizer == "adamw":
         return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay, **average)
