@@ -5,6 +5,7 @@
 
     python benchmarks/train_benchmark.py --fit-seconds 150 --seeds 0 1 2 -- --preset gpu
     python benchmarks/train_benchmark.py --seeds 0 1 2 --ensemble -- --preset best   # and the 3 runs as one
+    KERAS_BACKEND=jax python benchmarks/train_benchmark.py --seeds 0 1 2 --ensemble --parallel -- --preset gpu --epochs 60
 
 Each seed is one `fmnist train` run (full training set, 10% held out, test set evaluated once
 at the end). "train time" sums the epochs' `fit` calls (with their validation passes); "whole
@@ -23,6 +24,11 @@ same epochs.)
 --ensemble then evaluates the seeds' runs as one ensemble (`fmnist evaluate --ensemble`, each
 run's probabilities averaged, with the runs' own TTA): on the validation images they held out,
 then once on the test set, with the training time of all the runs together.
+
+--parallel trains the seeds' runs at the same time, one process each, to fill one accelerator that a single
+run leaves partly idle (each JAX process then takes an equal share of its memory). Their epochs overlap, so an
+ensemble's training time is then that of its longest run, not the sum, and "whole command" is the time from
+starting the processes to each one's exit.
 
 --compile-once lets the seeds' runs share a fresh JAX compilation cache (in the runs folder), as runs
 one after another share the CLI's default cache on a user's machine: the first run compiles the
@@ -71,7 +77,8 @@ def spread(values: list[float], digits: int) -> str:
     return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def train_run(train_arguments: list[str], run_dir: Path, compilation_cache: Path | None = None) -> None:
+def start_run(train_arguments: list[str], run_dir: Path, compilation_cache: Path | None = None,
+              processes_sharing: int = 1) -> subprocess.Popen:
     """One `fmnist train` in a fresh process (`python -m fmnist`, so it also runs from a source tree)."""
     command = [sys.executable, "-m", "fmnist", "train", *train_arguments, "--run-dir", str(run_dir)]
     print("$", shlex.join(command), flush=True)
@@ -79,7 +86,32 @@ def train_run(train_arguments: list[str], run_dir: Path, compilation_cache: Path
     # compilation cache stays off (an empty value) unless JAX_COMPILATION_CACHE_DIR is set.
     cache = str(compilation_cache) if compilation_cache else os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
     environment = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache}
-    subprocess.run(command, check=True, env=environment)
+    if processes_sharing > 1:  # JAX takes 75% of a GPU's memory at start: the second process would find too little
+        environment.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / processes_sharing:.3f}")
+    return subprocess.Popen(command, env=environment)
+
+
+def train_run(train_arguments: list[str], run_dir: Path, compilation_cache: Path | None = None) -> None:
+    process = start_run(train_arguments, run_dir, compilation_cache)
+    if process.wait():
+        raise subprocess.CalledProcessError(process.returncode, process.args)
+
+
+def train_side_by_side(train_arguments: list[str], run_dirs: dict[int, Path]) -> dict[int, float]:
+    """Each seed's `fmnist train` at the same time; the seconds from starting them to each one's exit."""
+    started = time.perf_counter()
+    processes = {seed: start_run(train_arguments + ["--seed", str(seed)], run_dir, processes_sharing=len(run_dirs))
+                 for seed, run_dir in run_dirs.items()}  # fmt: skip
+    exited: dict[int, float] = {}
+    while len(exited) < len(processes):
+        for seed, process in processes.items():
+            if seed not in exited and process.poll() is not None:
+                exited[seed] = round(time.perf_counter() - started, 1)
+        time.sleep(0.1)
+    failed = [seed for seed, process in processes.items() if process.returncode]
+    if failed:
+        raise SystemExit(f"the runs of seeds {failed} failed (their output is above); the others are in {run_dirs}")
+    return exited
 
 
 def epochs_within(seconds: float, train_arguments: list[str], probe_dir: Path) -> int:
@@ -125,10 +157,14 @@ def main() -> int:
                         help="also evaluate the seeds' runs as one ensemble (validation, then test)")
     parser.add_argument("--compile-once", action="store_true",
                         help="the seeds' runs share a fresh JAX compilation cache: the first run compiles, the others load it")
+    parser.add_argument("--parallel", action="store_true",
+                        help="train the seeds' runs at the same time, one process each (to fill one accelerator)")
     parser.add_argument("train_arguments", nargs="*", help="arguments for `fmnist train`, after --")
     arguments = parser.parse_args()
     if arguments.ensemble and len(arguments.seeds) < 2:
         parser.error("--ensemble needs at least two --seeds")
+    if arguments.parallel and arguments.compile_once:
+        parser.error("--compile-once does nothing with --parallel: the runs compile at the same time")
     runs_dir = Path(arguments.runs_dir or tempfile.mkdtemp(prefix="fmnist-benchmark-"))
     runs_dir.mkdir(parents=True, exist_ok=True)
     train_arguments = list(arguments.train_arguments)
@@ -144,12 +180,16 @@ def main() -> int:
 
     # A new folder, so that no earlier benchmark's compiled steps are found (the probe above used none)
     compilation_cache = Path(tempfile.mkdtemp(prefix="jax-cache-", dir=runs_dir)) if arguments.compile_once else None
-    for seed in arguments.seeds:
-        run_dir = runs_dir / f"seed{seed}"
-        started = time.perf_counter()
-        train_run(train_arguments + ["--seed", str(seed)], run_dir, compilation_cache)
+    run_dirs = {seed: runs_dir / f"seed{seed}" for seed in arguments.seeds}
+    side_by_side = train_side_by_side(train_arguments, run_dirs) if arguments.parallel else {}
+    for seed, run_dir in run_dirs.items():
         # What the user waits for: start-up, data, checkpoints and the final evaluation besides the epochs.
-        process_seconds = round(time.perf_counter() - started, 1)
+        if arguments.parallel:
+            process_seconds = side_by_side[seed]
+        else:
+            started = time.perf_counter()
+            train_run(train_arguments + ["--seed", str(seed)], run_dir, compilation_cache)
+            process_seconds = round(time.perf_counter() - started, 1)
         metrics = runs.read_json(run_dir / runs.METRICS)
         epochs = runs.epochs_trained(metrics, runs.read_json(run_dir / runs.CONFIG))  # 10.46 where a budget cut one short
         summary["runs"].append({**metrics, "epochs_trained": epochs, "process_seconds": process_seconds})
@@ -171,13 +211,15 @@ def main() -> int:
         f"| {validation} | {spread([r['test_accuracy'] for r in results], 4)} |"
     )
     if arguments.ensemble:
-        run_dirs = [runs_dir / f"seed{seed}" for seed in arguments.seeds]
-        ensemble = evaluate_ensemble(run_dirs, train_arguments, runs_dir, held_out)
-        summary["ensemble"] = ensemble | {"train_seconds": round(sum(r["train_seconds"] for r in results), 1)}
+        ensemble = evaluate_ensemble(list(run_dirs.values()), train_arguments, runs_dir, held_out)
+        train_seconds = [r["train_seconds"] for r in results]
+        together = max(train_seconds) if arguments.parallel else sum(train_seconds)  # side by side, the epochs overlap
+        summary["ensemble"] = ensemble | {"train_seconds": round(together, 1)}
         runs.write_json(runs_dir / "benchmark.json", summary)
         ensemble = summary["ensemble"]
         validation = "none held out" if ensemble["val_accuracy"] is None else f"{ensemble['val_accuracy']:.4f}"
-        print(f"| ensemble of the {ensemble['runs']} runs | | | | {ensemble['train_seconds']} in all | | "
+        how = "the longest run's, side by side" if arguments.parallel else "in all"
+        print(f"| ensemble of the {ensemble['runs']} runs | | | | {ensemble['train_seconds']} {how} | | "
               f"| {validation} | {ensemble['test_accuracy']:.4f} |")  # fmt: skip
     print(f"\nmachine: {summary['machine']}; date: {summary['date']}\ncommand: {summary['command']}\nruns: {runs_dir}")
     return 0
