@@ -47,7 +47,8 @@ def test_a_cpu_preset_points_to_the_one_made_for_this_cpu(tmp_path):
     notes = {options: precision_note(*options) for options in asked}
     if cpu_has_bfloat16():
         assert notes["best", False] == ("note: this CPU has bfloat16 arithmetic (AVX512_BF16 or AMX): --preset best_bf16 "
-                                        "trains a stronger model in about the same time (README)")  # fmt: skip
+                                        "is the recipe made for it, in bfloat16, which it runs faster than float32 "
+                                        "(README compares the two)")  # fmt: skip
         assert "--preset fast_bf16" in notes["fast", False]
         assert notes["best_bf16", True] is notes[None, True] is None
     else:  # the other way round: the bfloat16 preset points back to the float32 one, unless it is asked for in float32

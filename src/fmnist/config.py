@@ -164,9 +164,9 @@ class TrainConfig:
             raise ValueError(f"{path}: {error}") from None
 
 
-# `fast` until 2026-12-04, and `fast_bf16`'s base: the spec's accuracy in a fraction of its time with a wider dense
-# layer, bigger batches and Adam on a one-cycle schedule; 16 steps per call into TensorFlow: the same steps, 7-17%
-# more images/s in the throughput benchmark (BENCHMARKS.md)
+# `fast` and (in bfloat16) `fast_bf16` until 2026-12-04, and their base: the spec's accuracy in a fraction of its time
+# with a wider dense layer, bigger batches and Adam on a one-cycle schedule; 16 steps per call into TensorFlow: the same
+# steps, 7-17% more images/s in the throughput benchmark (BENCHMARKS.md)
 FAST_ADAM = {
     "model": "baseline_wide", "batch_size": 64, "learning_rate": 5e-3, "schedule": "onecycle", "warmup_fraction": 0.2,
     "label_smoothing": 0.1, "epochs": 2, "deterministic": False, "steps_per_execution": 16,
@@ -208,10 +208,11 @@ PRESETS: dict[str, dict] = {
 
 # For CPUs with bfloat16 arithmetic (AVX512_BF16 or AMX), where `--mixed-precision` trains faster than float32:
 # the CPU presets in bfloat16, with the time it frees spent on more epochs (BENCHMARKS.md, "A second machine").
-# `fast` in bfloat16 trains baseline_wide 30% faster there: three epochs still take under a fifth of the spec's time,
-# and validated 0.8 points above `fast`'s two (2 seeds) on an AMD EPYC Zen 4, where `fast` tests below 0.905. It keeps
-# the Adam it was chosen with (Muon, which `fast` took up on an AVX2 CPU, has not been trained in bfloat16).
-PRESETS["fast_bf16"] = {**FAST_ADAM, "mixed_precision": True, "epochs": 3}
+# `fast` in bfloat16 trains baseline_wide 30% faster there: three epochs still take under a fifth of the spec's time.
+# With Adam (FAST_ADAM) they validated 0.8 points above its two (2 seeds) on an AMD EPYC Zen 4, where `fast` with Adam
+# tested below 0.905; with Muon, as `fast` trains since, 0.38 points above Adam's three on an Intel Xeon with AMX
+# (3 seeds each; BENCHMARKS.md, "A fourth machine").
+PRESETS["fast_bf16"] = {**PRESETS["fast"], "mixed_precision": True, "epochs": 3}
 # `best` in bfloat16 trains compact 44% faster there, and its recipe was chosen there, for 26 epochs (15 minutes on 2
 # cores of the Zen 4): shifts of 1 pixel and erasing paid at that length; it validated higher than 20 epochs at batch
 # 128 with erasing at 0.25, and no lower than 28 epochs, erasing at 0.25 or label smoothing 0.2 (shifts of 2 pixels
@@ -219,7 +220,8 @@ PRESETS["fast_bf16"] = {**FAST_ADAM, "mixed_precision": True, "epochs": 3}
 # flip TTA alone (3 seeds). Since BatchNorm runs the backends' fused kernels in bfloat16 it takes 11-12 minutes there;
 # 30 epochs validated no higher than 26 (seed 0), nor its time budget's 34-36 higher than 26 beyond the spread
 # between seeds, so its epochs stay fixed.
-# It keeps the SGD it was chosen with (Muon, which `best` took up on an AVX2 CPU, has not been trained in bfloat16).
+# It keeps the SGD it was chosen with: Muon (which `best` took up on an AVX2 CPU) in bfloat16, sized to 15 minutes,
+# validated 0.3 points above `best` on one seed on a Xeon with AMX, within the spread between seeds (BENCHMARKS.md).
 PRESETS["best_bf16"] = {**PRESETS["best"], "optimizer": "sgd", "learning_rate": 0.2, "weight_decay": 5e-4,
                         "mixed_precision": True, "epochs": 26, "time_budget": 0.0}
 
