@@ -221,7 +221,7 @@ PRESETS["fast_bf16"] = {**PRESETS["fast"], "mixed_precision": True, "epochs": 3}
 # 30 epochs validated no higher than 26 (seed 0), nor its time budget's 34-36 higher than 26 beyond the spread
 # between seeds, so its epochs stay fixed.
 # It keeps the SGD it was chosen with: Muon (which `best` took up on an AVX2 CPU) in bfloat16, sized to 15 minutes,
-# validated 0.3 points above `best` on one seed on a Xeon with AMX, within the spread between seeds (BENCHMARKS.md).
+# validated the same as `best` on a Xeon with AMX (3 seeds each; BENCHMARKS.md), so it gave no reason to change.
 PRESETS["best_bf16"] = {**PRESETS["best"], "optimizer": "sgd", "learning_rate": 0.2, "weight_decay": 5e-4,
                         "mixed_precision": True, "epochs": 26, "time_budget": 0.0}
 
