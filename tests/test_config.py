@@ -76,7 +76,10 @@ def test_presets_are_valid_and_flags_override_them():
     assert preset("best").time_budget == 900 and config.time_budget == 0
     both = resolve_config(build_parser().parse_args(["train", "--preset", "best", "--epochs", "2", "--time-budget", "60"]))
     assert (both.epochs, both.time_budget) == (2, 60)
-    assert resolve_config(build_parser().parse_args(["train", "--preset", "best_bf16"])).time_budget == 0
+    # best_bf16 is best in bfloat16, sized to the same 15 minutes; --epochs beside it trains that many instead
+    assert preset("best_bf16") == dataclasses.replace(preset("best"), mixed_precision=True)
+    former = ["train", "--preset", "best_bf16", "--optimizer", "sgd", "--epochs", "26"]  # its former recipe (config.py)
+    assert resolve_config(build_parser().parse_args(former)).time_budget == 0
     with pytest.raises(ValueError, match="give one of them"):
         resolve_config(build_parser().parse_args(["train", "--preset", "fast", "--config", "x.json"]))
 

@@ -42,7 +42,7 @@ def precision_note(preset: str | None, mixed_precision: bool) -> str | None:
     if accelerator_present():
         return None
     if preset and f"{preset}_bf16" in PRESETS and cpu_has_bfloat16():
-        # not "stronger": on a Xeon with AMX best_bf16 tested below best, in half the time (BENCHMARKS.md)
+        # not "stronger": on a Xeon with AMX best_bf16 validated the same as best, in more epochs (BENCHMARKS.md)
         return (f"note: this CPU has bfloat16 arithmetic (AVX512_BF16 or AMX): --preset {preset}_bf16 is the recipe "
                 "made for it, in bfloat16, which it runs faster than float32 (README compares the two)")  # fmt: skip
     if not mixed_precision or cpu_has_bfloat16():
