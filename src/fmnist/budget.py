@@ -6,8 +6,8 @@
     steps = revised_steps(900, probe, 211, [(211, 80.2), (211, 84.9)], planned=steps)  # after two epochs
 
 `fmnist train --time-budget 900` uses this: a preset's epochs were sized for the machine its trials ran
-on (`best_bf16`: 26 epochs, 13 minutes on an AMD EPYC Zen 4), and on another CPU the same epochs take
-longer or leave time unused. A one-cycle or cosine schedule needs its length before the first step, so
+on (`best_bf16` trained 26 epochs, 13 minutes on an AMD EPYC Zen 4, before it took a budget), and on another CPU
+the same epochs take longer or leave time unused. A one-cycle or cosine schedule needs its length before the first step, so
 the steps are chosen up front, on a throwaway copy of the model with the run's own settings (network,
 batch size, precision, augmentation, input pipeline): whole epochs, then part of one more where a whole
 one would not fit, and the run trains for that many (`epochs`, and `max_steps` to cut the last one short).
