@@ -220,9 +220,10 @@ PRESETS["fast_bf16"] = {**PRESETS["fast"], "mixed_precision": True, "epochs": 3}
 # bfloat16"). That former recipe, now `--preset best_bf16 --optimizer sgd --learning-rate 0.2 --weight-decay 5e-4
 # --epochs 26`, was chosen on an AMD EPYC Zen 4 for 26 epochs (15 minutes there before BatchNorm ran fused kernels):
 # shifts of 1 pixel and erasing paid at that length; it validated higher than 20 epochs at batch 128 with erasing at
-# 0.25, and no lower than 28 epochs, erasing at 0.25 or label smoothing 0.2. TTA over the 9 shifts it trains on,
-# mirrored or not, validated 0.14 points above flip TTA alone (3 seeds); `best` took all of it over. With SGD, its time
-# budget's 34-36 epochs there validated no higher than 26; Muon is untried on the Zen 4.
+# 0.25, and no lower than 28 epochs, erasing at 0.25 or label smoothing 0.2 (shifts of 2 pixels and 10x the weight
+# decay: lower). TTA over the 9 shifts it trains on, mirrored or not, validated 0.14 points above flip TTA alone (3
+# seeds); `best` took all of it over. With SGD, its time budget's 34-36 epochs there validated no higher than 26; Muon
+# is untried on the Zen 4.
 PRESETS["best_bf16"] = {**PRESETS["best"], "mixed_precision": True}
 
 
