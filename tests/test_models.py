@@ -36,14 +36,22 @@ def test_baseline_is_the_spec():
     assert model.layers[-1].activation.__name__ == "linear"  # logits; softmax comes at prediction
 
 
-def test_baseline_wide_differs_from_the_spec_only_in_its_dense_layer():
-    def layout(model):
-        return [(type(layer).__name__, layer.get_config().get("filters"), layer.get_config().get("units"))
-                for layer in model.layers]  # fmt: skip
+def layout(model):
+    return [(type(layer).__name__, layer.get_config().get("filters"), layer.get_config().get("units"))
+            for layer in model.layers]  # fmt: skip
 
+
+def test_baseline_wide_differs_from_the_spec_only_in_its_dense_layer():
     spec, wide = layout(build_model("baseline")), layout(build_model("baseline_wide"))
     changed = [(old, new) for old, new in zip(spec, wide, strict=True) if old != new]
     assert changed == [(("Dense", None, 64), ("Dense", None, 256))]
+
+
+def test_compact_wide_differs_from_compact_only_in_its_widths():
+    compact, wide = layout(build_model("compact")), layout(build_model("compact_wide"))
+    changed = [(old[1], new[1]) for old, new in zip(compact, wide, strict=True) if old != new]
+    assert changed == [(64, 96), (128, 192), (128, 192), (128, 192)]  # the convolutions at 14x14 and 7x7
+    assert build_model("compact").count_params() == 390_570 and build_model("compact_wide").count_params() == 862_122
 
 
 def test_scaling_inside_the_model_matches_the_spec():

@@ -223,7 +223,9 @@ PRESETS["fast_bf16"] = {**PRESETS["fast"], "mixed_precision": True, "epochs": 3}
 # 0.25, and no lower than 28 epochs, erasing at 0.25 or label smoothing 0.2 (shifts of 2 pixels and 10x the weight
 # decay: lower). TTA over the 9 shifts it trains on, mirrored or not, validated 0.14 points above flip TTA alone (3
 # seeds); `best` took all of it over. With SGD, its time budget's 34-36 epochs there validated no higher than 26; Muon
-# is untried on the Zen 4.
+# is untried on the Zen 4. `--model compact_wide` (21-25 epochs in the 15 minutes on the Xeon) validated 0.14 points
+# higher on 3 seeds there, within the spread, so the preset keeps `compact`; three such runs on all images made the
+# ensemble that met issue 3's stretch (0.9511 in 43.5 minutes; BENCHMARKS.md, "A wider network for the ensemble").
 PRESETS["best_bf16"] = {**PRESETS["best"], "mixed_precision": True}
 
 

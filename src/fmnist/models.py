@@ -213,8 +213,8 @@ def compact(num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer]
 @register
 def compact_wide(num_classes: int = NUM_CLASSES, augmentation: Sequence[layers.Layer] = ()) -> keras.Model:
     """`compact` with 96 channels at 14x14 and 192 at 7x7: 2.2x the parameters, 0.69x the speed in bfloat16 on AMX."""
-    # 32-96-192 of four widenings timed with Muon in bfloat16 on a Xeon with AMX: 48-96-192 ran 0.65x compact's
-    # speed, 64-128-256 0.41x (BENCHMARKS.md, "A wider network for the ensemble")
+    # the fastest of three widenings timed with Muon in bfloat16 on a Xeon with AMX (0.69x compact's speed):
+    # 48-96-192 ran at 0.65x, 64-128-256 at 0.41x (BENCHMARKS.md, "A wider network for the ensemble")
     return compact_network("compact_wide", (32, 96, 192), num_classes, augmentation)
 
 
