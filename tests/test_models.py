@@ -48,10 +48,10 @@ def test_baseline_wide_differs_from_the_spec_only_in_its_dense_layer():
 
 
 def test_compact_wide_differs_from_compact_only_in_its_widths():
-    compact, wide = layout(build_model("compact")), layout(build_model("compact_wide"))
-    changed = [(old[1], new[1]) for old, new in zip(compact, wide, strict=True) if old != new]
+    compact, wide = build_model("compact"), build_model("compact_wide")
+    changed = [(old[1], new[1]) for old, new in zip(layout(compact), layout(wide), strict=True) if old != new]
     assert changed == [(64, 96), (128, 192), (128, 192), (128, 192)]  # the convolutions at 14x14 and 7x7
-    assert build_model("compact").count_params() == 390_570 and build_model("compact_wide").count_params() == 862_122
+    assert compact.count_params() == 390_570 and wide.count_params() == 862_122
 
 
 def test_scaling_inside_the_model_matches_the_spec():
