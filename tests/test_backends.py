@@ -27,8 +27,9 @@ def test_jax_backend_smoke(tmp_path, real_data_dir, dataset):
     import jax  # noqa: F401  (a test dependency: a missing install must fail here, not skip)
 
     run_dir = tmp_path / "jax-run"
-    options = ["--epochs", "1", "--train-subset", "3000", "--translate", "1", "--flip", "--label-smoothing", "0.1",
-               "--schedule", "cosine", "--warmup-fraction", "0.1", "--steps-per-execution", "4", "--no-report"]  # fmt: skip
+    options = ["--epochs", "1", "--train-subset", "3000", "--translate", "1", "--flip", "--cutmix", "0.3",
+               "--label-smoothing", "0.1", "--schedule", "cosine", "--warmup-fraction", "0.1", "--steps-per-execution", "4",
+               "--no-report"]  # fmt: skip
     environment = {key: value for key, value in os.environ.items() if key != "JAX_COMPILATION_CACHE_DIR"}
     environment["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     run_cli("--backend", "jax", "train", "--run-dir", str(run_dir), "--data-dir", str(real_data_dir), *options,
@@ -43,7 +44,7 @@ def test_torch_backend_smoke(tmp_path, real_data_dir, dataset):
 
     run_dir = tmp_path / "torch-run"
     options = ["--model", "compact", "--epochs", "1", "--train-subset", "2000", "--optimizer", "muon",
-               "--learning-rate", "0.02", "--flip", "--tta", "--no-report"]  # fmt: skip
+               "--learning-rate", "0.02", "--flip", "--cutmix", "0.3", "--tta", "--no-report"]  # fmt: skip
     run_cli("--backend", "torch", "train", "--run-dir", str(run_dir), "--data-dir", str(real_data_dir), *options)
     check_run_and_predict("torch", run_dir, tmp_path, dataset)
 

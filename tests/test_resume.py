@@ -40,10 +40,10 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path, real_data_dir
 
 
 def test_interrupted_training_with_augmentation_and_ema_resumes_to_the_same_result(tmp_path, real_data_dir):
-    """Augmentation draws random numbers and EMA keeps averages in the optimizer: both must resume exactly (here with
+    """Augmentation and CutMix draw random numbers and EMA keeps averages in the optimizer: all must resume exactly (here with
     Muon's two kinds of state, and several steps per call into the backend, which the checkpoint's compiled model keeps)."""
-    options = [*RESUME_OPTIONS, "--optimizer", "muon", "--translate", "2", "--flip", "--erase", "0.5", "--ema", "0.9",
-               "--schedule", "onecycle", "--warmup-fraction", "0.3", "--label-smoothing", "0.1",
+    options = [*RESUME_OPTIONS, "--optimizer", "muon", "--translate", "2", "--flip", "--erase", "0.5", "--cutmix", "0.5",
+               "--ema", "0.9", "--schedule", "onecycle", "--warmup-fraction", "0.3", "--label-smoothing", "0.1",
                "--steps-per-execution", "4", "--data-dir", str(real_data_dir)]  # fmt: skip
     run_cli("train", "--run-dir", str(tmp_path / "whole"), *options)
     assert_resumes_identically(tmp_path / "cut", options, tmp_path / "whole", signal.SIGKILL)

@@ -52,6 +52,8 @@ class TrainConfig:
     translate: int = _field(0, "augmentation: random shifts of up to this many pixels (0: off)")
     flip: bool = _field(False, "augmentation: random horizontal flips")
     erase: float = _field(0.0, "augmentation: probability of erasing a random rectangle (cutout)")
+    cutmix: float = _field(0.0, "augmentation: probability that a training image gets a random rectangle of another "
+                                "and a label mixed by their areas (CutMix; 0: off)")
     ema: float = _field(0.0, "momentum of an exponential moving average of the weights, which is validated, kept "
                              "and saved instead of the last weights (0: off; 0.99-0.999 typical)")
     tta: bool = _field(False, "test-time augmentation: average the predictions for each image and its mirror image")
@@ -102,8 +104,8 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
         if not 0 <= self.warmup_fraction < 1 or not 0 <= self.label_smoothing < 1 or not 0 <= self.erase <= 1 \
-                or not 0 <= self.ema < 1:
-            problems.append("warmup_fraction, label_smoothing and ema must be in [0, 1), erase in [0, 1]")
+                or not 0 <= self.ema < 1 or not 0 <= self.cutmix <= 1:
+            problems.append("warmup_fraction, label_smoothing and ema must be in [0, 1), erase and cutmix in [0, 1]")
         if self.translate < 0 or self.translate > 14 or self.weight_decay < 0 or self.early_stopping_patience < 0:
             problems.append("translate must be 0-14 pixels; weight_decay and early_stopping_patience not negative")
         problems += tta_shift_problems(self.tta_shift, self.tta)

@@ -149,6 +149,8 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
 
 
 def build_loss(config) -> keras.losses.Loss:
+    if config.cutmix:  # its labels are class probabilities (fmnist.mixing); Keras' own loss smooths those
+        return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
     if config.label_smoothing:
         return SmoothedSparseCrossentropy(config.label_smoothing)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)

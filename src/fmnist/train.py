@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from fmnist import budget, evaluate, inputs, plots, runs
+from fmnist import budget, evaluate, inputs, mixing, plots, runs
 from fmnist.checkpoints import BEST_MODEL, load_checkpoint, save_checkpoint, track_best
 from fmnist.config import TrainConfig, whole_epoch_steps
 from fmnist.data import Dataset, load_dataset
@@ -192,11 +192,15 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
     train_indices, validation_indices = split_indices(data.y_train, config)
     x_train, y_train = data.x_train[train_indices], data.y_train[train_indices]
     validation = (data.x_train[validation_indices], data.y_train[validation_indices]) if len(validation_indices) else None
+    # what fit reads: one-hot labels where CutMix mixes them, for validation too (fmnist.mixing)
+    targets = mixing.training_targets(y_train, len(data.class_names), config)
+    validation_targets = None if validation is None else (
+        validation[0], mixing.training_targets(validation[1], len(data.class_names), config))
     statistics_images = x_train[: averaging.STATISTICS_IMAGES]  # BatchNorm statistics for averaged weights
     steps_per_epoch = whole_epoch_steps(len(x_train), config.batch_size)
     probe = None
     if config.time_budget and not (run_dir / runs.CONFIG).exists():  # a run that exists keeps its epochs
-        probe = probe_machine(config, (x_train, y_train), validation, len(data.class_names), steps_per_epoch)
+        probe = probe_machine(config, (x_train, targets), validation_targets, len(data.class_names), steps_per_epoch)
         steps = budget.steps_within(config.time_budget, probe, steps_per_epoch)
         config = config.with_total_steps(steps, steps_per_epoch)
         log(f"time budget {config.time_budget:g} s: an epoch takes about {probe.epoch_seconds(steps_per_epoch):.1f} s "
@@ -239,8 +243,12 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
             order = epoch_order(config, epoch, len(x_train))[: epoch_steps[epoch] * config.batch_size]
             progress.start(epoch, epoch_steps[epoch])
             started = time.perf_counter()
+            epoch_images, epoch_targets = x_train[order], targets[order]
+            if config.cutmix:
+                epoch_images, epoch_targets = mixing.cutmix(epoch_images, epoch_targets, config.cutmix,
+                                                            mixing.epoch_generator(config, epoch))  # fmt: skip
             result = model.fit(
-                **inputs.fit_arguments((x_train[order], y_train[order]), config.batch_size, validation,
+                **inputs.fit_arguments((epoch_images, epoch_targets), config.batch_size, validation_targets,
                                        evaluate.PREDICT_BATCH_SIZE),
                 epochs=1, verbose=0, callbacks=[progress, stop, *averaging.ema_callbacks(model, statistics_images)],
             )  # fmt: skip
