@@ -245,7 +245,7 @@ def test_evaluate_on_the_held_out_validation_images(baseline_run, second_run, re
     from fmnist.engine import load_engines
     from fmnist.evaluate import ensemble_logits, predict_logits, softmax
     from fmnist.runs import RunError, load_model
-    from fmnist.train import held_out_split, split_indices
+    from fmnist.splits import held_out_split, split_indices
 
     # one run alone gives the validation accuracy its training reported, from the same images
     result = run_cli("evaluate", str(second_run), "--split", "validation", "--data-dir", str(real_data_dir))

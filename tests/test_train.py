@@ -12,7 +12,8 @@ from fmnist import inputs, runs
 from fmnist.compare import compare_runs, format_comparison
 from fmnist.config import TrainConfig
 from fmnist.seeds import epoch_order
-from fmnist.train import held_out_split, split_indices, train
+from fmnist.splits import held_out_split, split_indices
+from fmnist.train import train
 
 
 def test_split_is_stratified_seeded_and_disjoint(dataset):
@@ -40,6 +41,16 @@ def test_fit_reads_the_arrays_in_order_without_tf_data_autotuning(dataset):
         np.testing.assert_array_equal(np.concatenate([batch_images for batch_images, _ in read]), arrays[0])
         np.testing.assert_array_equal(np.concatenate([batch_labels for _, batch_labels in read]), arrays[1])
     assert inputs.fit_arguments((images, labels), 4)["validation_data"] is None
+
+
+def test_validation_batches_are_as_even_as_they_come():
+    """One shape for every batch where the images divide: JAX compiles a program for each (fmnist.inputs)."""
+    assert inputs.even_batch_size(6000, 1024) == 1000  # 6 batches, as 1,024 would make, of one size
+    assert inputs.even_batch_size(6001, 1024) == 1001  # 5 of 1,001 and one of 996: 6 still, the fewest there can be
+    assert inputs.even_batch_size(2048, 1024) == 1024 and inputs.even_batch_size(205, 1024) == 205
+    images, labels = np.zeros((10, 28, 28, 1), np.uint8), np.arange(10)
+    pipeline = inputs.fit_arguments((images, labels), 4, (images[:9], labels[:9]), 4)["validation_data"]
+    assert [len(batch_labels) for _, batch_labels in pipeline] == [3, 3, 3]  # not 4, 4 and 1
 
 
 def test_subset_is_stratified(dataset):
@@ -183,6 +194,22 @@ def test_steps_per_execution_trains_the_same_steps(tmp_path, dataset):
     for single, multiple in zip(one_by_one, grouped, strict=True):
         np.testing.assert_allclose(multiple, single, rtol=1e-5, atol=1e-6)
     assert grouped_history["loss"] == pytest.approx(history["loss"], rel=1e-5)
+
+
+def test_drop_remainder_trains_full_batches_of_other_images_each_epoch(tmp_path, dataset):
+    """900 training images at batch 32 are 28 full batches and 4 images over, which each epoch leaves out."""
+    config = TrainConfig(model="tiny", epochs=2, train_subset=1000, drop_remainder=True)
+    metrics = train(config, tmp_path / "run", data=dataset, log=lambda *a, **k: None, report=False)
+    history = runs.read_csv(tmp_path / "run" / runs.HISTORY)
+    assert [row["steps"] for row in history] == [28, 28] and metrics["steps"] == 56
+    assert metrics["images_per_second"] * metrics["train_seconds"] == pytest.approx(2 * 28 * 32, rel=0.01)
+    assert compare_runs([tmp_path / "run"])["runs"][0]["epochs"] == 2  # whole epochs of full batches
+    left_out = [set(epoch_order(config, epoch, 900)[28 * 32:]) for epoch in (0, 1)]
+    assert left_out[0] != left_out[1]  # the epoch's order is drawn anew, so other images miss out
+    with pytest.raises(ValueError, match="90 training images do not fill one batch of 128; lower --batch-size"):
+        train(TrainConfig(model="tiny", train_subset=100, batch_size=128, drop_remainder=True), tmp_path / "small",
+              data=dataset, log=lambda *a, **k: None, report=False)  # fmt: skip
+    assert not (tmp_path / "small" / runs.CONFIG).exists()
 
 
 def test_a_kill_right_after_a_checkpoint_keeps_that_epoch_in_the_history(tmp_path, dataset, kill_after_checkpoint):

@@ -106,7 +106,7 @@ class Interpretation:
                  model=None, data_dir: str | Path | None = None) -> Interpretation:  # fmt: skip
         from fmnist.config import TrainConfig
         from fmnist.data import load_dataset
-        from fmnist.train import split_indices
+        from fmnist.splits import split_indices
 
         run_dir = Path(run_dir)
         model = model or runs.load_model(run_dir)

@@ -41,9 +41,13 @@ import dataclasses
 import math
 import time
 from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 from fmnist import inputs
 from fmnist.evaluate import PREDICT_BATCH_SIZE
+
+if TYPE_CHECKING:
+    from fmnist.config import TrainConfig
 
 SHARE = 0.90  # of the budget, planned for; the rest absorbs the machine's drift in speed
 TIMED_SECONDS = 3.0  # the last chunk of steps (and of validation batches) takes at least this long, data permitting
@@ -198,3 +202,27 @@ def timed(run, units: int) -> float:
     started = time.perf_counter()
     run(units)
     return time.perf_counter() - started
+
+
+def revised_plan(config: TrainConfig, probe: Probe, history: list[dict], traced: list[int],
+                 steps_per_epoch: int, log) -> TrainConfig | None:  # fmt: skip
+    """`config` with the steps that now fit its time budget, at the pace of the epochs in `history`; None where its
+    plan still fits (revised_steps)."""
+    planned = config.total_steps(steps_per_epoch)
+    epochs = [(row["steps"], row["seconds"]) for row in history]
+    steps = revised_steps(config.time_budget, probe, steps_per_epoch, epochs, planned, traced)
+    if steps == planned:
+        return None
+    left, pace = seconds_left(config.time_budget, probe, epochs), pace_of(probe, epochs, traced)
+    log(f"time budget {config.time_budget:g} s: {left:.0f} s left after epoch {len(history)}, whose last epochs took "
+        f"{pace:.2f} times what the probe timed, so {describe_steps(steps, steps_per_epoch)} in all instead of "
+        f"{describe_steps(planned, steps_per_epoch)}")  # fmt: skip
+    return config.with_total_steps(steps, steps_per_epoch)
+
+
+def budgeted_epochs_of(saved: TrainConfig, config: TrainConfig) -> TrainConfig:
+    """`config` with the epochs (and steps) a run whose config.json holds `saved` chose for the same time budget: kept
+    on resuming."""
+    if config.time_budget and saved.time_budget == config.time_budget:
+        return dataclasses.replace(config, epochs=saved.epochs, max_steps=saved.max_steps)
+    return config

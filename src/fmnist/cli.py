@@ -105,7 +105,7 @@ def command_evaluate(arguments: argparse.Namespace) -> int:
     images = labels = output = image_names = None  # the run's test images, results written into the run itself
     if arguments.split == "validation":
         from fmnist.data import load_dataset
-        from fmnist.train import held_out_split
+        from fmnist.splits import held_out_split
 
         images, labels = held_out_split([Path(arguments.run), *map(Path, ensemble)], load_dataset(arguments.data_dir))
         output = evaluation_output(arguments, variant_name("validation", arguments))

@@ -36,6 +36,9 @@ class TrainConfig:
     max_steps: int | None = _field(None, "end training after this many steps in all, cutting the last epoch short "
                                          "(none: every epoch whole); the time budget sets it to the steps that fit")
     batch_size: int = _field(32, "images per optimisation step")
+    drop_remainder: bool = _field(False, "drop each epoch's last batch where it is smaller than --batch-size (other "
+                                         "images each epoch, as the order is drawn anew): every step then has one "
+                                         "shape, which JAX and XLA compile once instead of twice")
     learning_rate: float = _field(1e-3, "step size (the peak of the schedule when there is one)")
     optimizer: str = _field("adam", "adam, adamw (decoupled weight decay), sgd (Nesterov momentum) or muon "
                                     "(Nesterov momentum orthogonalised for each convolution and hidden dense kernel, "
@@ -203,8 +206,11 @@ PRESETS: dict[str, dict] = {
         # (three of those make the ensemble for target 4 in BENCHMARKS.md). TTA over the shifts of a pixel as well
         # as flips (18 views) validated 0.2 points above flips alone on such an ensemble, shifts of 2 pixels (50) 0.07.
         # Muon at best's settings validated 1.0 points above this SGD over 6 epochs on a CPU (one seed each); untried on
-        # a GPU, where 60 epochs take SGD's runs to 0.997 training accuracy anyway (BENCHMARKS.md, "Muon for ResNet-9")
-        "model": "resnet9", "epochs": 148, "batch_size": 512, "optimizer": "sgd", "learning_rate": 0.4,
+        # a GPU, where 60 epochs take SGD's runs to 0.997 training accuracy anyway (BENCHMARKS.md, "Muon for ResNet-9").
+        # Full batches alone (since 2026-12-05; 240 or 96 images an epoch left out): JAX compiles the training step
+        # again for an epoch's last, smaller batch; on an H200 that had compiled the rest, a new size of it took the
+        # first epoch from 10-11 s to 29-30 s (BENCHMARKS.md, "Full batches alone")
+        "model": "resnet9", "epochs": 148, "batch_size": 512, "drop_remainder": True, "optimizer": "sgd", "learning_rate": 0.4,
         "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle", "warmup_fraction": 0.25,
         "label_smoothing": 0.1, "translate": 2, "flip": True, "erase": 0.5, "tta": True, "tta_shift": 1,
         "mixed_precision": True, "deterministic": False,
@@ -233,9 +239,10 @@ PRESETS["fast_bf16"] = {**PRESETS["fast"], "mixed_precision": True, "epochs": 3}
 PRESETS["best_bf16"] = {**PRESETS["best"], "mixed_precision": True}
 
 
-def whole_epoch_steps(num_train_images: int, batch_size: int) -> int:
-    """The steps of one whole epoch: every training image once, the last batch smaller where they do not divide."""
-    return -(-num_train_images // batch_size)
+def whole_epoch_steps(num_train_images: int, batch_size: int, drop_remainder: bool = False) -> int:
+    """The steps of one whole epoch: every training image once, the last batch smaller where they do not divide, or
+    with `drop_remainder` the full batches alone."""
+    return num_train_images // batch_size if drop_remainder else -(-num_train_images // batch_size)
 
 
 def tta_shift_problems(tta_shift: int, tta: bool) -> list[str]:

@@ -139,7 +139,8 @@ def epochs_trained(metrics: dict, config: dict) -> float:
     """The epochs a finished run trained: 10, or 10.46 where max_steps cut its last one short (to 2 decimals)."""
     if "steps" not in metrics:  # runs from before `steps` was recorded trained whole epochs
         return float(metrics["epochs"])
-    return round(metrics["steps"] / whole_epoch_steps(metrics["num_train_images"], config["batch_size"]), 2)
+    return round(metrics["steps"] / whole_epoch_steps(metrics["num_train_images"], config["batch_size"],
+                                                   config.get("drop_remainder", False)), 2)
 
 
 def _number(text: str):

@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from fmnist import budget, evaluate, inputs, mixing, plots, runs
 from fmnist.checkpoints import BEST_MODEL, load_checkpoint, save_checkpoint, track_best
@@ -36,45 +35,7 @@ from fmnist.interrupts import GracefulStop
 from fmnist.progress import EpochProgress
 from fmnist.report import write_report
 from fmnist.seeds import epoch_order, seed_everything
-
-
-def split_indices(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified, seeded (train, validation) indices into the training set."""
-    indices = np.arange(len(labels))
-    if config.train_subset is not None and config.train_subset < len(labels):
-        indices, _ = train_test_split(
-            indices, train_size=config.train_subset, stratify=labels, random_state=config.split_seed
-        )
-    if not config.validation_fraction:  # every image trains: the final model, once the options are chosen
-        return np.sort(indices), np.array([], dtype=indices.dtype)
-    train_indices, validation_indices = train_test_split(
-        indices, test_size=config.validation_fraction, stratify=labels[indices], random_state=config.split_seed
-    )
-    return np.sort(train_indices), np.sort(validation_indices)
-
-
-def held_out_split(run_dirs: list[Path], data: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """The validation images and labels that finished runs held out, which must be the same for all of them."""
-    configs = [TrainConfig.load(runs.require_run(run_dir) / runs.CONFIG) for run_dir in run_dirs]
-    settings = ("split_seed", "validation_fraction", "train_subset")  # what split_indices draws the split from
-    for run_dir, config in zip(run_dirs[1:], configs[1:], strict=True):
-        differences = [f"{name} {getattr(config, name)} against {getattr(configs[0], name)}" for name in settings
-                       if getattr(config, name) != getattr(configs[0], name)]  # fmt: skip
-        if differences:
-            raise runs.RunError(
-                f"{run_dir} held out other validation images than {run_dirs[0]} ({', '.join(differences)}), so it "
-                "trained on some of the images it would be judged on; an ensemble's runs must split alike"
-            )
-    for run_dir in run_dirs:
-        trained_on = runs.read_json(Path(run_dir) / runs.RUN_INFO).get("data_checksums")
-        if trained_on and trained_on != data.checksums:
-            raise runs.RunError(f"{run_dir} was trained on other data files than those in {data.directory} (their "
-                                "checksums differ); give the --data-dir it was trained with")  # fmt: skip
-    if not configs[0].validation_fraction:
-        raise runs.RunError(f"{run_dirs[0]} held out no validation images (validation_fraction 0): it trained on all "
-                            "of them; evaluate it on the test set, or on images of your own with --images")  # fmt: skip
-    _, validation_indices = split_indices(data.y_train, configs[0])
-    return data.x_train[validation_indices], data.y_train[validation_indices]
+from fmnist.splits import split_indices
 
 
 def build_and_compile(config: TrainConfig, num_classes: int, steps_per_epoch: int):
@@ -105,30 +66,6 @@ def probe_machine(config: TrainConfig, train: tuple[np.ndarray, np.ndarray], val
                            config.batch_size, steps_per_execution(config))  # fmt: skip
     keras.backend.clear_session()  # the run's model is then built, and named, as without the probe
     return probe
-
-
-def revised_plan(config: TrainConfig, probe: budget.Probe, history: list[dict], traced: list[int],
-                 steps_per_epoch: int, log) -> TrainConfig | None:  # fmt: skip
-    """`config` with the steps that now fit its time budget, at the pace of the epochs in `history`; None where its
-    plan still fits (budget.revised_steps)."""
-    planned = config.total_steps(steps_per_epoch)
-    epochs = [(row["steps"], row["seconds"]) for row in history]
-    steps = budget.revised_steps(config.time_budget, probe, steps_per_epoch, epochs, planned, traced)
-    if steps == planned:
-        return None
-    left, pace = budget.seconds_left(config.time_budget, probe, epochs), budget.pace_of(probe, epochs, traced)
-    log(f"time budget {config.time_budget:g} s: {left:.0f} s left after epoch {len(history)}, whose last epochs took "
-        f"{pace:.2f} times what the probe timed, so {budget.describe_steps(steps, steps_per_epoch)} in all instead of "
-        f"{budget.describe_steps(planned, steps_per_epoch)}")  # fmt: skip
-    return config.with_total_steps(steps, steps_per_epoch)
-
-
-def budgeted_epochs_of(saved: TrainConfig, config: TrainConfig) -> TrainConfig:
-    """`config` with the epochs (and steps) a run whose config.json holds `saved` chose for the same time budget: kept
-    on resuming."""
-    if config.time_budget and saved.time_budget == config.time_budget:
-        return dataclasses.replace(config, epochs=saved.epochs, max_steps=saved.max_steps)
-    return config
 
 
 def check_same_config(run_dir: Path, saved: TrainConfig, config: TrainConfig) -> None:
@@ -169,7 +106,7 @@ def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
     log(f"training {config.model} into {run_dir}")
     if (run_dir / runs.CONFIG).exists():
         saved = TrainConfig.load(run_dir / runs.CONFIG)
-        config = budgeted_epochs_of(saved, config)
+        config = budget.budgeted_epochs_of(saved, config)
         check_same_config(run_dir, saved, config)
         if (run_dir / runs.METRICS).exists() and (run_dir / runs.MODEL).exists():
             log(f"{run_dir} is already complete; `fmnist evaluate {run_dir}` re-evaluates it")
@@ -197,7 +134,10 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
     validation_targets = None if validation is None else (
         validation[0], mixing.training_targets(validation[1], len(data.class_names), config))
     statistics_images = x_train[: averaging.STATISTICS_IMAGES]  # BatchNorm statistics for averaged weights
-    steps_per_epoch = whole_epoch_steps(len(x_train), config.batch_size)
+    steps_per_epoch = whole_epoch_steps(len(x_train), config.batch_size, config.drop_remainder)
+    if not steps_per_epoch:
+        raise ValueError(f"drop_remainder leaves no step: {len(x_train)} training images do not fill one batch of "
+                         f"{config.batch_size}; lower --batch-size, or train without --drop-remainder")  # fmt: skip
     probe = None
     if config.time_budget and not (run_dir / runs.CONFIG).exists():  # a run that exists keeps its epochs
         probe = probe_machine(config, (x_train, targets), validation_targets, len(data.class_names), steps_per_epoch)
@@ -266,7 +206,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
                     state = track_best(checkpoint_dir, model, state, row["val_accuracy"], config.early_stopping_patience)
             seconds_since_checkpoint += seconds
             revised = (probe and epoch + 1 < len(epoch_steps) and not state.get("stopped_early")
-                       and revised_plan(config, probe, history, state["traced"], steps_per_epoch, log))  # fmt: skip
+                       and budget.revised_plan(config, probe, history, state["traced"], steps_per_epoch, log))  # fmt: skip
             if revised:
                 config, epoch_steps, progress.epochs = revised, revised.epoch_steps(steps_per_epoch), revised.epochs
                 if recipe.revise_schedule(model.optimizer, config.total_steps(steps_per_epoch)):
