@@ -1,6 +1,6 @@
 """How many training steps fit a time budget on this machine, from a few seconds of timed training steps.
 
-    probe = measure(model, (x_train, y_train), validation, batch_size=256, steps_per_execution=1)
+    probe = measure(model, (x_train, y_train), validation, batch_size=256, steps_per_execution=1, steps_per_epoch=211)
     steps = steps_within(900, probe, steps_per_epoch=211)     # ValueError if not even one step fits
     epochs, max_steps = -(-steps // 211), steps               # the last epoch cut short where a whole one won't fit
     steps = revised_steps(900, probe, 211, [(211, 80.2), (211, 84.9)], planned=steps)  # after two epochs
@@ -151,22 +151,26 @@ def describe_steps(steps: int, steps_per_epoch: int) -> str:
 
 
 def measure(model, train: inputs.Arrays, validation: inputs.Arrays | None, batch_size: int,
-            steps_per_execution: int) -> Probe:  # fmt: skip
-    """Time `model`'s training steps on `train` and its evaluation on `validation` (if any); the model is trained on."""
+            steps_per_execution: int, steps_per_epoch: int) -> Probe:  # fmt: skip
+    """Time `model`'s training steps on `train` (up to the `steps_per_epoch` an epoch has, full batches alone with
+    drop_remainder) and its evaluation on `validation` (if any), in the batches `fit` validates in; the model is
+    trained on."""
     started = time.perf_counter()
 
     def fit(steps: int) -> None:
         images = slice(0, steps * batch_size)
         model.fit(**inputs.fit_arguments((train[0][images], train[1][images]), batch_size), epochs=1, verbose=0)
 
+    validation_batch_size = inputs.even_batch_size(0 if validation is None else len(validation[1]), PREDICT_BATCH_SIZE)
+
     def validate(batches: int) -> None:
-        images = slice(0, batches * PREDICT_BATCH_SIZE)
-        model.evaluate(**inputs.evaluate_arguments((validation[0][images], validation[1][images]), PREDICT_BATCH_SIZE),
+        images = slice(0, batches * validation_batch_size)
+        model.evaluate(**inputs.evaluate_arguments((validation[0][images], validation[1][images]), validation_batch_size),
                        verbose=0)  # fmt: skip
 
     # whole calls into the backend, as the run makes them
-    step, first_fit = seconds_per_unit(fit, -(-len(train[1]) // batch_size), FIRST_STEPS, steps_per_execution)
-    validation_batches = 0 if validation is None else -(-len(validation[1]) // PREDICT_BATCH_SIZE)
+    step, first_fit = seconds_per_unit(fit, steps_per_epoch, FIRST_STEPS, steps_per_execution)
+    validation_batches = 0 if validation is None else -(-len(validation[1]) // validation_batch_size)
     batch, first_validation = seconds_per_unit(validate, validation_batches) if validation_batches else (0.0, 0.0)
     return Probe(step_seconds=step, validation_seconds=batch * validation_batches,
                  first_call_seconds=first_fit + first_validation, seconds=time.perf_counter() - started)  # fmt: skip

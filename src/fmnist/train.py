@@ -63,7 +63,7 @@ def probe_machine(config: TrainConfig, train: tuple[np.ndarray, np.ndarray], val
     import keras
 
     probe = budget.measure(build_and_compile(config, num_classes, steps_per_epoch), train, validation,
-                           config.batch_size, steps_per_execution(config))  # fmt: skip
+                           config.batch_size, steps_per_execution(config), steps_per_epoch)  # fmt: skip
     keras.backend.clear_session()  # the run's model is then built, and named, as without the probe
     return probe
 
