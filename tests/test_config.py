@@ -34,6 +34,10 @@ def test_unknown_keys_are_an_error():
     ({"learning_rate": -1.0}, "learning_rate must be positive"),
     ({"time_budget": -60.0}, "time_budget must be 0 \\(off\\) or a number of seconds, got -60.0"),
     ({"max_steps": 0}, "max_steps must be at least 1 \\(or left out\\), got 0"),
+    ({"erase": 1.5}, "erase must be a probability in \\[0, 1\\], got 1.5$"),
+    ({"momentum": 1.0}, "momentum must be in \\[0, 1\\), got 1.0$"),
+    ({"label_smoothing": float("nan")}, "label_smoothing must be in \\[0, 1\\), got nan$"),
+    ({"translate": 15, "weight_decay": -0.1}, "weight_decay must be 0 or more, got -0.1; translate must be 0-14 pixels, got 15$"),
 ])  # fmt: skip
 def test_bad_values_are_named(values, message):
     with pytest.raises(ValueError, match=message):

@@ -79,7 +79,7 @@ def test_targets_are_one_hot_only_with_cutmix_and_the_loss_reads_them():
 
 @pytest.mark.parametrize("value", [-0.1, 1.5])
 def test_cutmix_probability_is_checked(value):
-    with pytest.raises(ValueError, match="cutmix in \\[0, 1\\]"):
+    with pytest.raises(ValueError, match=f"cutmix must be a probability in \\[0, 1\\], got {value}$"):
         TrainConfig(cutmix=value)
 
 

@@ -106,11 +106,8 @@ class TrainConfig:
             problems.append(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
-        if not 0 <= self.warmup_fraction < 1 or not 0 <= self.label_smoothing < 1 or not 0 <= self.erase <= 1 \
-                or not 0 <= self.ema < 1 or not 0 <= self.cutmix <= 1:
-            problems.append("warmup_fraction, label_smoothing and ema must be in [0, 1), erase and cutmix in [0, 1]")
-        if self.translate < 0 or self.translate > 14 or self.weight_decay < 0 or self.early_stopping_patience < 0:
-            problems.append("translate must be 0-14 pixels; weight_decay and early_stopping_patience not negative")
+        problems += [f"{name} must be {allowed}, got {getattr(self, name)}"
+                     for name, (allowed, within) in RANGES.items() if not within(getattr(self, name))]  # fmt: skip
         problems += tta_shift_problems(self.tta_shift, self.tta)
         if self.steps_per_execution < 1:
             problems.append(f"steps_per_execution must be at least 1, got {self.steps_per_execution}")
@@ -243,6 +240,20 @@ def whole_epoch_steps(num_train_images: int, batch_size: int, drop_remainder: bo
     """The steps of one whole epoch: every training image once, the last batch smaller where they do not divide, or
     with `drop_remainder` the full batches alone."""
     return num_train_images // batch_size if drop_remainder else -(-num_train_images // batch_size)
+
+
+# The fields whose values have bounds: what each allows, as the error says it, and the test (False for NaN too).
+RANGES: dict[str, tuple[str, typing.Callable[[float], bool]]] = {
+    "momentum": ("in [0, 1)", lambda value: 0 <= value < 1),
+    "weight_decay": ("0 or more", lambda value: value >= 0),
+    "warmup_fraction": ("in [0, 1)", lambda value: 0 <= value < 1),
+    "label_smoothing": ("in [0, 1)", lambda value: 0 <= value < 1),
+    "translate": ("0-14 pixels", lambda value: 0 <= value <= 14),
+    "erase": ("a probability in [0, 1]", lambda value: 0 <= value <= 1),
+    "cutmix": ("a probability in [0, 1]", lambda value: 0 <= value <= 1),
+    "ema": ("in [0, 1) (0: off)", lambda value: 0 <= value < 1),
+    "early_stopping_patience": ("0 (off) or more epochs", lambda value: value >= 0),
+}
 
 
 def tta_shift_problems(tta_shift: int, tta: bool) -> list[str]:
