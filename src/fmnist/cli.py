@@ -241,6 +241,7 @@ COMMANDS = {"data": command_data, "models": command_models, "train": command_tra
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fmnist import tensorflow_logs
     from fmnist.allocator import keep_freed_memory
 
     keep_freed_memory()  # before TensorFlow or PyTorch allocate: each training step's memory stays for the next
@@ -248,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.backend:
         os.environ["KERAS_BACKEND"] = arguments.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ log chatter hides the output; real errors still raise
+    tensorflow_logs.quiet_import()  # and the lines it writes as it loads, which that setting no longer filters
 
     from fmnist.data import DataError, cache_dir
 

@@ -40,9 +40,11 @@ def app_from_environment() -> FastAPI:
     """
     import uvicorn.server
 
+    from fmnist import tensorflow_logs
     from fmnist.allocator import keep_freed_memory
 
     keep_freed_memory()  # as the `fmnist` command does in the parent, before the worker's backend allocates
+    tensorflow_logs.quiet_import()  # as the parent does: the workers' TensorFlow loads without its start-up lines
     values = json.loads(os.environ[CONFIG_VARIABLE])
     ready = os.environ.get(READY_VARIABLE)
 
