@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from fmnist.analysis import (
 )  # fmt: skip
 from fmnist.compare import compare_runs
 from fmnist.config import TrainConfig
+from fmnist.runs import RunError
 from fmnist.train import train
 
 
@@ -130,3 +132,16 @@ def test_report_and_compare_commands(small_run, dataset, tmp_path, real_data_dir
     assert comparison["pairs"][0]["p_value"] == 1.0 and not comparison["pairs"][0]["significant"]
     output = run_cli("compare", str(small_run), str(other)).stdout
     assert "McNemar" in output and str(other) in output
+
+
+def test_compare_refuses_runs_it_cannot_pair(small_run, tmp_path):
+    shuffled = tmp_path / "shuffled"
+    shutil.copytree(small_run, shuffled)
+    with np.load(small_run / "test_predictions.npz") as saved:
+        logits, labels = saved["logits"], saved["labels"]
+    np.savez(shuffled / "test_predictions.npz", logits=logits, labels=np.roll(labels, 1))  # other images' labels
+    with pytest.raises(RunError, match=f"{shuffled} was evaluated on other test labels than {small_run}"):
+        compare_runs([small_run, shuffled])
+    (shuffled / "test_predictions.npz").unlink()
+    with pytest.raises(RunError, match=f"{shuffled} has no saved test predictions; run `fmnist evaluate {shuffled}`"):
+        compare_runs([small_run, shuffled])
