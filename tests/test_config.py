@@ -4,7 +4,7 @@ import json
 import pytest
 
 from fmnist.arguments import build_parser, resolve_config
-from fmnist.config import TrainConfig
+from fmnist.config import PRESET_PURPOSES, PRESETS, TrainConfig
 
 
 def test_defaults_are_the_spec():
@@ -67,7 +67,7 @@ def test_every_field_is_a_flag_and_flags_override_a_config_file(tmp_path):
 
 
 def test_presets_are_valid_and_flags_override_them():
-    from fmnist.config import PRESETS, preset
+    from fmnist.config import preset
     from fmnist.models import MODELS
 
     for name in PRESETS:
@@ -107,3 +107,20 @@ def test_epochs_given_alone_drop_a_budgeted_runs_steps_as_well_as_its_budget(tmp
     capped = resolve_config(build_parser().parse_args(["train", "--config", str(path), "--epochs", "20",
                                                         "--max-steps", "3000"]))  # fmt: skip
     assert (capped.epochs, capped.max_steps, capped.time_budget) == (20, 3000, 0)
+
+
+def test_every_preset_says_what_it_is_for_in_the_help(capsys):
+    assert list(PRESET_PURPOSES) == ["spec", "fast", "fast_bf16", "best", "best_bf16", "gpu"]
+    assert set(PRESET_PURPOSES) == set(PRESETS)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    train_help = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    for name, purpose in PRESET_PURPOSES.items():
+        assert f"{name}: {purpose}" in train_help
+
+
+def test_named_choices_are_checked_at_the_command_line(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--optimizer", "adm"])
+    assert "invalid choice: 'adm' (choose from 'adam', 'adamw', 'sgd', 'muon')" in capsys.readouterr().err
+    assert build_parser().parse_args(["train", "--jit-compile", "on", "--schedule", "cosine"]).jit_compile == "on"

@@ -18,7 +18,8 @@ import typing
 from pathlib import Path
 
 from fmnist import __version__
-from fmnist.config import PRESETS, TrainConfig, field_types, preset
+from fmnist.config import PRESET_PURPOSES, PRESETS, TrainConfig, field_types, preset
+from fmnist.recipe_names import JIT_COMPILE, OPTIMIZERS, SCHEDULES
 
 
 def number_in(kind: type, low: float, high: float = float("inf")):
@@ -36,6 +37,9 @@ def number_in(kind: type, low: float, high: float = float("inf")):
     return parse
 
 
+CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "jit_compile": tuple(JIT_COMPILE)}  # the fields named
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, defaulting to None so that only given flags override."""
     group = parser.add_argument_group("training config (defaults are the spec's)")
@@ -47,6 +51,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         help_text = f"{field.metadata['help']} (default: {field.default})"
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif field.name in CHOICES:  # listed in --help, and a misspelt one stops at the command line
+            group.add_argument(flag, choices=CHOICES[field.name], default=None, help=help_text)
         else:
             group.add_argument(flag, type=kind, default=None, metavar=field.name.upper(), help=help_text)
 
@@ -109,8 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser = commands.add_parser("train", help="train a model, evaluate it and write its run directory")
     train_parser.add_argument("--run-dir", help="where the run goes; an interrupted run there is resumed (default: runs/MODEL)")
     train_parser.add_argument("--config", help="a config.json to start from (flags override it)")
+    purposes = "; ".join(f"{name}: {purpose}" for name, purpose in PRESET_PURPOSES.items())
     train_parser.add_argument("--preset", choices=sorted(PRESETS),
-                              help="a named set of options to start from (flags override it; see README)")
+                              help=f"a named set of options to start from, which flags override ({purposes}; README "
+                                   "has what each sets and reached)")  # fmt: skip
     train_parser.add_argument("--data-dir", help="directory with the four IDX files")
     train_parser.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
                               help="write the analysis report at the end (default: yes; `fmnist report RUN` does it later)")

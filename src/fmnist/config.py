@@ -235,6 +235,16 @@ PRESETS["fast_bf16"] = {**PRESETS["fast"], "mixed_precision": True, "epochs": 3}
 # ensemble that met issue 3's stretch (0.9511 in 43.5 minutes; BENCHMARKS.md, "A wider network for the ensemble").
 PRESETS["best_bf16"] = {**PRESETS["best"], "mixed_precision": True}
 
+# What each preset is for, as `fmnist train --help` lists them (README's presets table has what each reached).
+PRESET_PURPOSES = {
+    "spec": "the spec as written, the same as no preset",
+    "fast": "the spec's accuracy in a fraction of its time: 2 epochs",
+    "fast_bf16": "fast in bfloat16, for CPUs with AVX512_BF16 or AMX: 3 epochs",
+    "best": "the best single model in 15 minutes on a CPU",
+    "best_bf16": "best in bfloat16, for CPUs with AVX512_BF16 or AMX",
+    "gpu": "ResNet-9 for one GPU, on the JAX backend: about 2 minutes on an H100",
+}
+
 
 def whole_epoch_steps(num_train_images: int, batch_size: int, drop_remainder: bool = False) -> int:
     """The steps of one whole epoch: every training image once, the last batch smaller where they do not divide, or
