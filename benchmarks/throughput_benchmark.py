@@ -11,6 +11,7 @@
     python benchmarks/throughput_benchmark.py --keras-inputs                   # Keras' autotuned pipeline for arrays
     KERAS_BACKEND=torch python benchmarks/throughput_benchmark.py --glibc-malloc  # malloc's adaptive thresholds
     python benchmarks/throughput_benchmark.py --model compact --mixed-precision  # bfloat16 (a CPU with AVX512_BF16 or AMX)
+    python benchmarks/throughput_benchmark.py --model compact --optimizer muon   # the cost of Muon's step (`best`'s)
 
 One `fit` per epoch over the first `--images` training images (Adam, the spec's loss, no
 validation), fed as `fmnist train` feeds them (`fmnist.inputs`), timed around each call; the first
@@ -55,6 +56,9 @@ def main() -> int:
                         help="glibc's malloc with its adaptive thresholds, as Python starts it, not with those "
                         "fmnist.allocator fixes (as the fmnist command does)")  # fmt: skip
     parser.add_argument("--threads", metavar="INTRA,INTER", help="TensorFlow's intra- and inter-op thread counts")
+    parser.add_argument("--optimizer", choices=("adam", "adamw", "muon"), default="adam",
+                        help="Adam at 1e-3 (default), or AdamW or Muon as `fmnist train --optimizer` builds them, at "
+                        "`--preset best`'s rate and weight decay (0.02, 0.05)")  # fmt: skip
     arguments = parser.parse_args()
 
     from fmnist import allocator
@@ -71,9 +75,10 @@ def main() -> int:
         tf.config.threading.set_inter_op_parallelism_threads(inter)
 
     from fmnist import inputs, models, tensorflow_gradients, torch_layout
+    from fmnist.config import TrainConfig
     from fmnist.data import load_dataset
     from fmnist.models import augmentation_layers, build_model
-    from fmnist.recipe import jit_compile, precision
+    from fmnist.recipe import build_optimizer, jit_compile, precision
 
     if arguments.keras_torch_layout:
         torch_layout.uninstall()
@@ -88,7 +93,12 @@ def main() -> int:
     augmentation = augmentation_layers(2, True, 0.25) if arguments.augment else []
     with precision(arguments.mixed_precision):
         model = build_model(arguments.model, augmentation=augmentation)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    if arguments.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(1e-3)
+    else:  # the optimizer `fmnist train` builds, at a constant rate: the cost of its step, not a schedule's
+        config = TrainConfig(optimizer=arguments.optimizer, learning_rate=0.02, weight_decay=0.05)
+        optimizer = build_optimizer(config, steps_per_epoch=-(-len(images) // arguments.batch_size))
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"], jit_compile=jit_compile("on" if arguments.jit_compile else "auto"),
                   steps_per_execution=arguments.steps_per_execution)  # fmt: skip
 
@@ -109,6 +119,7 @@ def main() -> int:
     layout += " (Keras' inputs)" if arguments.keras_inputs else ""
     layout += " (glibc's malloc)" if arguments.glibc_malloc else ""
     layout += f" ({model.dtype_policy.name})" if arguments.mixed_precision else ""
+    layout += f" ({arguments.optimizer})" if arguments.optimizer != "adam" else ""
     print(f"{keras.backend.backend()}{layout} {arguments.model} batch {arguments.batch_size}: epochs "
           + ", ".join(f"{each:.1f} s" for each in seconds)
           + f"; images/s after the first: {', '.join(f'{rate:,.0f}' for rate in rates)} (best {max(rates):,.0f})"
