@@ -75,7 +75,7 @@ def main() -> int:
         tf.config.threading.set_inter_op_parallelism_threads(inter)
 
     from fmnist import inputs, models, tensorflow_gradients, torch_layout
-    from fmnist.config import TrainConfig
+    from fmnist.config import TrainConfig, whole_epoch_steps
     from fmnist.data import load_dataset
     from fmnist.models import augmentation_layers, build_model
     from fmnist.recipe import build_optimizer, jit_compile, precision
@@ -97,7 +97,7 @@ def main() -> int:
         optimizer = keras.optimizers.Adam(1e-3)
     else:  # the optimizer `fmnist train` builds, at a constant rate: the cost of its step, not a schedule's
         config = TrainConfig(optimizer=arguments.optimizer, learning_rate=0.02, weight_decay=0.05)
-        optimizer = build_optimizer(config, steps_per_epoch=-(-len(images) // arguments.batch_size))
+        optimizer = build_optimizer(config, steps_per_epoch=whole_epoch_steps(len(images), arguments.batch_size))
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"], jit_compile=jit_compile("on" if arguments.jit_compile else "auto"),
                   steps_per_execution=arguments.steps_per_execution)  # fmt: skip
