@@ -36,6 +36,35 @@ def test_a_failing_import_still_raises_and_only_the_chatter_of_the_load_is_hidde
     assert "ImportError: broken build" in result.stderr
 
 
+def test_what_python_writes_to_stderr_during_the_load_still_gets_through(tmp_path):
+    package = tmp_path / "fake" / "tensorflow"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(textwrap.dedent("""
+        import logging, os, sys, warnings
+        os.write(2, b"chatter from C++\\n")
+        warnings.warn("a warning from Python")
+        handler = logging.StreamHandler(sys.stderr)  # as TensorFlow's logger is made, with the stderr of the moment
+        handler.stream.write("a log line during the load\\n")
+    """))
+    result = run_python(f"""
+        import os, sys
+        sys.path.insert(0, {str(tmp_path / "fake")!r})
+        from fmnist import tensorflow_logs
+        assert tensorflow_logs.quiet_import()
+        import tensorflow
+        assert sys.stderr is sys.__stderr__, "sys.stderr was not put back"
+        tensorflow.handler.stream.write("a log line after the load\\n")
+        tensorflow.handler.flush()
+        os.write(2, b"C++ after the load\\n")
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "chatter from C++" not in result.stderr
+    lines = ["UserWarning: a warning from Python", "a log line during the load", "a log line after the load",
+             "C++ after the load"]
+    assert [result.stderr.find(line) for line in lines] == sorted(result.stderr.find(line) for line in lines), result.stderr
+    assert all(line in result.stderr for line in lines), result.stderr
+
+
 @pytest.mark.parametrize("level", ["3", "0"])
 def test_tensorflow_loads_without_its_start_up_lines_unless_they_are_asked_for(tmp_path, level):
     control = run_python("import tensorflow", tmp_path, level=level)

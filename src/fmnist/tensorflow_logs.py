@@ -7,7 +7,8 @@ TensorFlow 2.19 and later write two lines to stderr as they load ("oneDNN custom
 "All log messages before absl::InitializeLog() is called ..."), which `TF_CPP_MIN_LOG_LEVEL` no longer filters
 (tensorflow/tensorflow#100442). `quiet_import` points file descriptor 2 at /dev/null while the `tensorflow` package
 loads, whichever module imports it and whenever: Keras, or a command that never needs it (`fmnist predict` on an ONNX
-export) and so never pays for it. An error in the import still raises, once stderr is back. Nothing is hidden where
+export) and so never pays for it. What Python itself writes to `sys.stderr` meanwhile (a warning, a log record) still
+gets through, and an error in the import still raises, once stderr is back. Nothing is hidden where
 `TF_CPP_MIN_LOG_LEVEL` asks for TensorFlow's information lines (0), or where TensorFlow is already loaded.
 """
 
@@ -53,14 +54,52 @@ class QuietTensorFlow(importlib.abc.MetaPathFinder):
 
 @contextlib.contextmanager
 def stderr_closed():
-    """File descriptor 2, which C++ libraries write to, pointed at /dev/null for the block."""
-    sys.stderr.flush()
+    """File descriptor 2, which C++ libraries write to, pointed at /dev/null for the block; Python's `sys.stderr` kept."""
+    python_stderr = sys.stderr
+    if python_stderr is not None:
+        python_stderr.flush()
     saved = os.dup(2)
     null = os.open(os.devnull, os.O_WRONLY)
+    # Python's own writes (a warning, a log record) are not chatter: where they went to fd 2 they go to its copy
+    forwarding = None
+    if writes_to_fd_2(python_stderr):
+        forwarding = Forwarding(open(saved, "w", encoding=python_stderr.encoding, errors=python_stderr.errors,
+                                     closefd=False, buffering=1))  # fmt: skip
     try:
         os.dup2(null, 2)
+        if forwarding:
+            sys.stderr = forwarding
         yield
     finally:
+        if forwarding:
+            copy, forwarding.target = forwarding.target, python_stderr  # for a logging handler made during the import
+            copy.close()
+            if sys.stderr is forwarding:
+                sys.stderr = python_stderr
         os.dup2(saved, 2)
         os.close(saved)
         os.close(null)
+
+
+def writes_to_fd_2(stream) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError: no file descriptor
+        return False
+
+
+class Forwarding:
+    """A text stream that writes to `target`, which can be changed: TensorFlow's logging handler, made as it loads,
+    keeps the `sys.stderr` of that moment."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def write(self, text: str) -> int:
+        return self.target.write(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.target, name)
