@@ -161,9 +161,10 @@ BATCHNORM_CHECK = textwrap.dedent("""
     # a saved model keeps fmnist's layer, so a resumed run trains as fast as it started
     from fmnist.models import build_model
     import pathlib, tempfile
-    path = pathlib.Path(tempfile.mkdtemp()) / "compact.keras"
-    build_model("compact").save(path)
-    reloaded = keras.saving.load_model(path)
+    with tempfile.TemporaryDirectory() as folder:
+        path = pathlib.Path(folder) / "compact.keras"
+        build_model("compact").save(path)
+        reloaded = keras.saving.load_model(path)
     assert any(isinstance(layer, BatchNormalization) for layer in reloaded.layers)
     print("fused and equal")
 """)
