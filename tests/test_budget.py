@@ -156,7 +156,7 @@ def test_a_budget_too_small_for_one_epoch_leaves_no_run_behind(tmp_path, dataset
     with pytest.raises(ValueError, match="a time budget of 0.01 s fits no training step here"):
         train(TrainConfig(model="tiny", train_subset=1000, time_budget=0.01), tmp_path / "run", data=dataset,
               log=lambda *a, **k: None, report=False)  # fmt: skip
-    assert not (tmp_path / "run" / runs.CONFIG).exists()
+    assert not (tmp_path / "run").exists()  # the folder this call made: nothing in it to resume
     train(TrainConfig(model="tiny", epochs=1, train_subset=1000), tmp_path / "run", data=dataset,
           log=lambda *a, **k: None, report=False)  # fmt: skip
     assert runs.read_json(tmp_path / "run" / runs.METRICS)["epochs"] == 1  # the directory is free for another run

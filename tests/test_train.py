@@ -209,7 +209,12 @@ def test_drop_remainder_trains_full_batches_of_other_images_each_epoch(tmp_path,
     with pytest.raises(ValueError, match="90 training images do not fill one batch of 128; lower --batch-size"):
         train(TrainConfig(model="tiny", train_subset=100, batch_size=128, drop_remainder=True), tmp_path / "small",
               data=dataset, log=lambda *a, **k: None, report=False)  # fmt: skip
-    assert not (tmp_path / "small" / runs.CONFIG).exists()
+    assert not (tmp_path / "small").exists()  # the folder the call made, which would hold only the lock file
+    (tmp_path / "made-by-the-user").mkdir()
+    with pytest.raises(ValueError, match="do not fill one batch"):
+        train(TrainConfig(model="tiny", train_subset=100, batch_size=128, drop_remainder=True), tmp_path / "made-by-the-user",
+              data=dataset, log=lambda *a, **k: None, report=False)  # fmt: skip
+    assert (tmp_path / "made-by-the-user").is_dir()
 
 
 def test_a_kill_right_after_a_checkpoint_keeps_that_epoch_in_the_history(tmp_path, dataset, kill_after_checkpoint):
