@@ -63,8 +63,9 @@ def stderr_closed():
     # Python's own writes (a warning, a log record) are not chatter: where they went to fd 2 they go to its copy
     forwarding = None
     if writes_to_fd_2(python_stderr):
-        forwarding = Forwarding(open(saved, "w", encoding=python_stderr.encoding, errors=python_stderr.errors,
-                                     closefd=False, buffering=1))  # fmt: skip
+        encoding = getattr(python_stderr, "encoding", None) or "utf-8"  # a stand-in for stderr may lack these two
+        errors = getattr(python_stderr, "errors", None) or "backslashreplace"
+        forwarding = Forwarding(open(saved, "w", encoding=encoding, errors=errors, closefd=False, buffering=1))
     try:
         os.dup2(null, 2)
         if forwarding:
