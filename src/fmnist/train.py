@@ -115,15 +115,15 @@ def train(config: TrainConfig, run_dir: str | Path, data: Dataset | None = None,
         raise runs.RunError(f"{run_dir} is a file, not a directory; choose another --run-dir")
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with runs.locked(run_dir):
+    with runs.locked(run_dir):
+        try:
             return train_locked(config, run_dir, data or load_dataset(data_dir), log, report)
-    except BaseException:
-        # stopped before config.json (bad data files, a time budget too short, Ctrl-C in the probe): nothing to resume,
-        # so the folder this call made goes, rather than stay behind holding only the lock file
-        if created and not (run_dir / runs.CONFIG).exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+        except BaseException:
+            # stopped before config.json (bad data files, a time budget too short, Ctrl-C in the probe): nothing to
+            # resume, so the folder this call made goes (under the lock), rather than stay holding only the lock file
+            if created and not (run_dir / runs.CONFIG).exists():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
 
 
 def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report: bool) -> dict:
