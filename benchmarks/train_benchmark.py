@@ -30,6 +30,9 @@ run leaves partly idle (each JAX process then takes an equal share of its memory
 ensemble's training time is then that of its longest run, not the sum, and "whole command" is the time from
 starting the processes to each one's exit.
 
+--flips-alone also evaluates the test set with flip TTA alone (`fmnist evaluate --tta --tta-shift 0`), each run and
+the ensemble: issue 3 allows no more for its best CPU model, and `best` and `best_bf16` average 18 views.
+
 --compile-once lets the seeds' runs share a fresh JAX compilation cache (in the runs folder), as runs
 one after another share the CLI's default cache on a user's machine: the first run compiles the
 training step, the others load it. Without it every run compiles from scratch, as a first run does.
@@ -129,22 +132,30 @@ def epochs_within(seconds: float, train_arguments: list[str], probe_dir: Path) -
     return epochs
 
 
-def evaluate_ensemble(run_dirs: list[Path], train_arguments: list[str], runs_dir: Path, held_out: bool) -> dict:
-    """The runs as one ensemble: validation accuracy first (if they held images out), then test accuracy, from
-    `fmnist evaluate`."""
+def evaluated_accuracy(run_dirs: list[Path], train_arguments: list[str], output: Path, *options: str) -> float:
+    """`fmnist evaluate` of the runs (several: as one ensemble) with `options`, into `output`; the accuracy it wrote."""
     data_dir = []  # the runs' data, for the images they held out and the test set
     if "--data-dir" in train_arguments:
         data_dir = ["--data-dir", train_arguments[train_arguments.index("--data-dir") + 1]]
     members = [argument for run_dir in run_dirs[1:] for argument in ("--ensemble", str(run_dir))]
-    accuracies = {}
-    for split in ("validation", "test") if held_out else ("test",):
-        output = runs_dir / f"ensemble-{split}"
-        command = [sys.executable, "-m", "fmnist", "evaluate", str(run_dirs[0]), *members, "--split", split,
-                   "--output", str(output), *data_dir]  # fmt: skip
-        print("$", shlex.join(command), flush=True)
-        subprocess.run(command, check=True)
-        accuracies[split] = runs.read_json(output / runs.METRICS)["eval_accuracy"]  # what `fmnist evaluate` wrote
+    command = [sys.executable, "-m", "fmnist", "evaluate", str(run_dirs[0]), *members, *options, "--output", str(output),
+               *data_dir]  # fmt: skip
+    print("$", shlex.join(command), flush=True)
+    subprocess.run(command, check=True)
+    return runs.read_json(output / runs.METRICS)["eval_accuracy"]
+
+
+def evaluate_ensemble(run_dirs: list[Path], train_arguments: list[str], runs_dir: Path, held_out: bool) -> dict:
+    """The runs as one ensemble: validation accuracy first (if they held images out), then test accuracy, from
+    `fmnist evaluate`."""
+    accuracies = {split: evaluated_accuracy(run_dirs, train_arguments, runs_dir / f"ensemble-{split}", "--split", split)
+                  for split in (("validation", "test") if held_out else ("test",))}  # fmt: skip
     return {"runs": len(run_dirs), "val_accuracy": accuracies.get("validation"), "test_accuracy": accuracies["test"]}
+
+
+# Issue 3 allows flip TTA alone for its best CPU model; `best` and `best_bf16` average 18 views (BENCHMARKS.md, "Target 3
+# under its own rule")
+FLIPS_ALONE = ("--tta", "--tta-shift", "0")
 
 
 def main() -> int:
@@ -159,6 +170,9 @@ def main() -> int:
                         help="the seeds' runs share a fresh JAX compilation cache: the first run compiles, the others load it")
     parser.add_argument("--parallel", action="store_true",
                         help="train the seeds' runs at the same time, one process each (to fill one accelerator)")
+    parser.add_argument("--flips-alone", action="store_true",
+                        help="also the test accuracy with flip TTA alone (issue 3's rule for target 3), of each run and "
+                             "of the ensemble, where the runs' own TTA averages more views")  # fmt: skip
     parser.add_argument("train_arguments", nargs="*", help="arguments for `fmnist train`, after --")
     arguments = parser.parse_args()
     if arguments.ensemble and len(arguments.seeds) < 2:
@@ -210,8 +224,17 @@ def main() -> int:
         f"| {spread([r['images_per_second'] for r in results], 0)} "
         f"| {validation} | {spread([r['test_accuracy'] for r in results], 4)} |"
     )
+    if arguments.flips_alone:
+        flips = [evaluated_accuracy([run_dir], train_arguments, runs_dir / "flips-alone" / run_dir.name, *FLIPS_ALONE)
+                 for run_dir in run_dirs.values()]  # fmt: skip
+        summary["flips_alone"] = {"test_accuracy": flips}
+        runs.write_json(runs_dir / "benchmark.json", summary)
+        print(f"test accuracy with flip TTA alone: {spread(flips, 4)} ({', '.join(f'{accuracy:.4f}' for accuracy in flips)})")
     if arguments.ensemble:
         ensemble = evaluate_ensemble(list(run_dirs.values()), train_arguments, runs_dir, held_out)
+        if arguments.flips_alone:
+            ensemble["test_accuracy_flips_alone"] = evaluated_accuracy(
+                list(run_dirs.values()), train_arguments, runs_dir / "ensemble-test-flips-alone", *FLIPS_ALONE)
         train_seconds = [r["train_seconds"] for r in results]
         together = max(train_seconds) if arguments.parallel else sum(train_seconds)  # side by side, the epochs overlap
         summary["ensemble"] = ensemble | {"train_seconds": round(together, 1)}
@@ -221,6 +244,8 @@ def main() -> int:
         how = "the longest run's, side by side" if arguments.parallel else "in all"
         print(f"| ensemble of the {ensemble['runs']} runs | | | | {ensemble['train_seconds']} {how} | | "
               f"| {validation} | {ensemble['test_accuracy']:.4f} |")  # fmt: skip
+        if "test_accuracy_flips_alone" in ensemble:
+            print(f"ensemble test accuracy with flip TTA alone: {ensemble['test_accuracy_flips_alone']:.4f}")
     print(f"\nmachine: {summary['machine']}; date: {summary['date']}\ncommand: {summary['command']}\nruns: {runs_dir}")
     return 0
 
