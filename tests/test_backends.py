@@ -32,7 +32,7 @@ def test_jax_backend_smoke(tmp_path, real_data_dir, dataset):
                "--drop-remainder", "--no-report"]  # fmt: skip
     environment = {key: value for key, value in os.environ.items() if key != "JAX_COMPILATION_CACHE_DIR"}
     environment["XDG_CACHE_HOME"] = str(tmp_path / "cache")
-    # JAX keeps only programs that took a second or more to compile, and this small one may take less (JAX 0.5 here)
+    # JAX keeps only programs that took a second or more to compile, and this small one may take less (JAX 0.4.30 here)
     environment["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     run_cli("--backend", "jax", "train", "--run-dir", str(run_dir), "--data-dir", str(real_data_dir), *options,
             env=environment)  # fmt: skip
