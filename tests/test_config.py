@@ -76,10 +76,22 @@ def test_presets_are_valid_and_flags_override_them():
     arguments = build_parser().parse_args(["train", "--preset", "best", "--epochs", "2"])
     config = resolve_config(arguments)
     assert config.model == "compact" and config.flip and config.epochs == 2
-    # `best` sizes its epochs to 15 minutes; --epochs alone asks for that many instead, beside --time-budget it does not
+    # `best` sizes its epochs to 15 minutes; --epochs or --max-steps alone asks for that length instead
     assert preset("best").time_budget == 900 and config.time_budget == 0
-    both = resolve_config(build_parser().parse_args(["train", "--preset", "best", "--epochs", "2", "--time-budget", "60"]))
-    assert (both.epochs, both.time_budget) == (2, 60)
+    steps = resolve_config(build_parser().parse_args(["train", "--preset", "best", "--max-steps", "300"]))
+    assert (steps.epochs, steps.max_steps, steps.time_budget) == (preset("best").epochs, 300, 0)
+    # beside a budget of its own the length would be ignored, as the budget sets it: an error, not a silent choice
+    for length in (["--epochs", "2"], ["--max-steps", "300"], ["--epochs", "2", "--max-steps", "300"]):
+        with pytest.raises(ValueError, match="--time-budget sets the epochs") as error:
+            resolve_config(build_parser().parse_args(["train", "--preset", "best", *length, "--time-budget", "60"]))
+        assert all(flag in str(error.value) for flag in length[::2])
+    off = resolve_config(build_parser().parse_args(["train", "--preset", "best", "--epochs", "2", "--time-budget", "0"]))
+    assert (off.epochs, off.time_budget) == (2, 0)
+    # --no-tta turns off the preset's shifted views with its flips, and asking for both is still refused
+    plain = resolve_config(build_parser().parse_args(["train", "--preset", "best", "--no-tta"]))
+    assert (preset("best").tta_shift, plain.tta, plain.tta_shift) == (1, False, 0)
+    with pytest.raises(ValueError, match="turn on tta"):
+        resolve_config(build_parser().parse_args(["train", "--preset", "best", "--no-tta", "--tta-shift", "1"]))
     # best_bf16 is best in bfloat16, sized to the same 15 minutes; --epochs beside it trains that many instead
     assert preset("best_bf16") == dataclasses.replace(preset("best"), mixed_precision=True)
     former = ["train", "--preset", "best_bf16", "--optimizer", "sgd", "--epochs", "26"]  # its former recipe (config.py)

@@ -66,10 +66,19 @@ def resolve_config(arguments: argparse.Namespace) -> TrainConfig:
         base = preset(arguments.preset) if arguments.preset else TrainConfig()
     overrides = {field.name: getattr(arguments, field.name) for field in dataclasses.fields(TrainConfig)}
     given = {key: value for key, value in overrides.items() if value is not None}
-    if "epochs" in given and "time_budget" not in given:
-        # --epochs N given beside a preset or config with a time budget (or a budgeted run's config.json, whose
-        # max_steps cut its last epoch short): N whole epochs
+    lengths = [name for name in ("epochs", "max_steps") if name in given]
+    if given.get("time_budget") and lengths:
+        # the budget would set them (train.py), so what the user asked for would be dropped without a word
+        flags = " and ".join("--" + name.replace("_", "-") for name in lengths)
+        raise ValueError(f"--time-budget sets the epochs and --max-steps to what fits in it, so {flags} would be "
+                         "ignored; give --time-budget alone, or the length alone (--time-budget 0 turns a preset's "
+                         "budget off, as the length given alone does)")  # fmt: skip
+    if lengths and "time_budget" not in given:
+        # --epochs N or --max-steps N given beside a preset or config with a time budget (or a budgeted run's
+        # config.json, whose max_steps cut its last epoch short): that length, no budget
         given = {"time_budget": 0.0, "max_steps": None, **given}
+    if given.get("tta") is False:  # --no-tta beside a preset's shifted views: none of them, as evaluate and predict do
+        given = {"tta_shift": 0, **given}
     return dataclasses.replace(base, **given)
 
 

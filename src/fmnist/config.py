@@ -32,7 +32,8 @@ class TrainConfig:
                                      "to the steps that fit 90 percent of it (whole epochs, then part of one more), "
                                      "timed before training by a probe of a few seconds, which counts against it, "
                                      "and revised after each epoch at the pace the epochs run "
-                                     "(0: off; --epochs given without it turns a preset's or config's budget off)")
+                                     "(0: off; --epochs or --max-steps given without it turns a preset's or config's "
+                                     "budget off)")
     max_steps: int | None = _field(None, "end training after this many steps in all, cutting the last epoch short "
                                          "(none: every epoch whole); the time budget sets it to the steps that fit")
     batch_size: int = _field(32, "images per optimisation step")
