@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import gzip
 import http.server
 import io
@@ -9,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,6 +23,22 @@ from PIL import Image
 from fmnist.data import DEBIAN_DATA_DIR, FILES, has_all_files, load_from
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def commands_keep_their_temporary_files_here(tmp_path_factory):
+    """The commands the tests start put their temporary files under pytest's own folders, which it prunes: TensorFlow
+    writes the modules its autograph makes to the temporary folder and removes them only at a normal exit, so each
+    command a test kills on purpose left a few in /tmp. PyTorch's compiled kernels stay where they were (torch's default
+    under the temporary folder), so that a later session finds them: compiling anew doubled a torch.compile test."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}"))
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("commands-tmp"))
+    yield
+    if previous is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = previous
 
 
 @pytest.fixture(scope="session")
