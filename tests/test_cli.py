@@ -39,12 +39,18 @@ def test_corrupt_data_gives_one_clear_error(real_data_dir, tmp_path):
 
 
 def test_a_cpu_preset_points_to_the_one_made_for_this_cpu(tmp_path):
+    import keras
+
     from fmnist.cli import precision_note
     from fmnist.recipe import cpu_has_bfloat16
 
     # (preset, mixed precision as resolved): --preset best_bf16 --no-mixed-precision, then --mixed-precision alone
-    asked = [("best", False), ("best_bf16", True), ("fast", False), ("best_bf16", False), (None, True)]
+    asked = [("best", False), ("best_bf16", True), ("fast", False), ("best_bf16", False), (None, True), ("gpu", True)]
     notes = {options: precision_note(*options) for options in asked}
+    # the GPU preset without a GPU (the tests run on CPUs): one note, pointing to this CPU's preset, not both
+    cpu_preset = "best_bf16" if cpu_has_bfloat16() else "best"
+    assert notes["gpu", True].startswith(f"note: --preset gpu is made for a GPU, and the {keras.backend.backend()} backend")
+    assert notes["gpu", True].endswith(f"--preset {cpu_preset} is the recipe made for this CPU (15 minutes)")
     if cpu_has_bfloat16():
         assert notes["best", False] == ("note: this CPU has bfloat16 arithmetic (AVX512_BF16 or AMX): --preset best_bf16 "
                                         "is the recipe made for it, in bfloat16, which it runs faster than float32 "

@@ -35,12 +35,20 @@ EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
 
 
 def precision_note(preset: str | None, mixed_precision: bool) -> str | None:
-    """A pointer to the CPU preset made for this CPU, where `preset` is made for the other kind (README, "--preset"),
-    or a warning that mixed precision will be slow on this CPU; None where neither applies."""
+    """A pointer to the CPU preset made for this CPU, where `preset` is made for the other kind of CPU or for a GPU
+    that is not there (README, "--preset"), or a warning that mixed precision will be slow on this CPU; None where
+    none applies."""
+    import keras
+
     from fmnist.recipe import accelerator_present, cpu_has_bfloat16
 
     if accelerator_present():
         return None
+    if preset == "gpu":  # 148 epochs of resnet9: an epoch took 150-158 s in bfloat16 on a Xeon with AMX (BENCHMARKS.md)
+        cpu_preset = "best_bf16" if cpu_has_bfloat16() else "best"
+        return (f"note: --preset gpu is made for a GPU, and the {keras.backend.backend()} backend sees none: on a CPU "
+                "its epochs take minutes each (2.5 for resnet9 on a 2-core Xeon with AMX), and the run hours; "
+                f"--preset {cpu_preset} is the recipe made for this CPU (15 minutes)")  # fmt: skip
     if preset and f"{preset}_bf16" in PRESETS and cpu_has_bfloat16():
         # not "stronger": on a Xeon with AMX best_bf16 validated the same as best, in more epochs (BENCHMARKS.md)
         return (f"note: this CPU has bfloat16 arithmetic (AVX512_BF16 or AMX): --preset {preset}_bf16 is the recipe "
