@@ -154,6 +154,25 @@ def test_ema_over_one_fit_per_epoch_equals_one_long_fit():
         np.testing.assert_array_equal(restored, before)  # the block leaves the training weights as they were
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "muon"])
+def test_the_weight_average_warms_its_momentum_up(optimizer):
+    """After each step the average moves towards the weights by 1 - min(ema, (1 + t) / (10 + t)) for t steps before
+    it (all the way at the first), not by Keras' 1 - ema, which would leave most of the first weights in it."""
+    import keras
+
+    kernel = keras.Variable(np.ones((4, 3), "float32"), name="kernel")  # 2-D: Muon's own step, not AdamW's
+    step = build_optimizer(TrainConfig(optimizer=optimizer, ema=0.999, learning_rate=0.05), 100)
+    rng = np.random.default_rng(0)
+    average = np.zeros((4, 3), "float32")
+    for t in range(40):
+        step.apply([rng.normal(size=(4, 3)).astype("float32")], [kernel])
+        momentum = 0.0 if t == 0 else min(0.999, (1 + t) / (10 + t))
+        average = momentum * average + (1 - momentum) * as_numpy(kernel)
+    np.testing.assert_allclose(as_numpy(step._model_variables_moving_average[0]), average, rtol=1e-5, atol=1e-6)
+    # Keras' own average (0.999 from the second step on) would still be 96% the first step's weights
+    assert np.abs(average - as_numpy(kernel)).max() < 0.5 * np.abs(as_numpy(kernel) - 1).max()
+
+
 def test_averaged_weights_come_with_batchnorm_statistics_of_their_own():
     """Keras averages the trainable weights only; BatchNorm's statistics are recomputed for the average."""
     import keras
