@@ -4,11 +4,12 @@
     with averaged_weights(model, statistics_images): ...     # the averaged model inside the block
     adopt_averaged_weights(model, statistics_images)         # for good, at the end
 
-Keras keeps the moving average in the optimizer (`use_ema`, set by `recipe.build_optimizer`) and
-averages the trainable weights only. BatchNorm's moving mean and variance are not trainable, so an
-averaged model would normalise with the statistics of the raw weights, which in a short run are
-far from its own (a 6-epoch `best` run with `--ema 0.999` had 0.913 validation accuracy that way and
-0.934 once they were recomputed, without TTA). So, as SWA does (torch.optim.swa_utils.update_bn), wherever the
+Keras keeps the moving average in the optimizer (`use_ema`, set by `recipe.build_optimizer`, whose
+optimizers warm its momentum up: `recipe.WarmedUpAverage`) and averages the trainable weights only.
+BatchNorm's moving mean and variance are not trainable, so an averaged model would normalise with
+the statistics of the raw weights, which in a short run are far from its own (a 6-epoch `best` run
+with `--ema 0.999`, before the warm-up, had 0.913 validation accuracy that way and 0.934 once they
+were recomputed, without TTA). So, as SWA does (torch.optim.swa_utils.update_bn), wherever the
 averaged weights are used, the statistics are recomputed for them from `STATISTICS_IMAGES`
 training images.
 """

@@ -59,7 +59,8 @@ class TrainConfig:
     cutmix: float = _field(0.0, "augmentation: probability that a training image gets a random rectangle of another "
                                 "and a label mixed by their areas (CutMix; 0: off)")
     ema: float = _field(0.0, "momentum of an exponential moving average of the weights, which is validated, kept "
-                             "and saved instead of the last weights (0: off; 0.99-0.999 typical)")
+                             "and saved instead of the last weights, warmed up as min(ema, (1 + t) / (10 + t)) after "
+                             "t steps (0: off; 0.99-0.999 typical)")
     tta: bool = _field(False, "test-time augmentation: average the predictions for each image and its mirror image")
     tta_shift: int = _field(0, "with --tta, also average the views of both shifted by up to this many pixels each way, "
                                "as --translate shifts in training: 2(2n+1)^2 views, 18 for 1 (0: off)")
