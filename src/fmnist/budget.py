@@ -93,11 +93,11 @@ def revised_steps(budget: float, probe: Probe, steps_per_epoch: int, epochs: lis
 
     The epochs to come are predicted at the pace of the last `RECENT_EPOCHS` against the probe's timing, leaving
     out those in `traced`, which traced or compiled the step first (the run's first, the first after a resume or
-    a revision), while there are others. So a machine that slows down during the run is seen within an epoch
-    or two, and the plan shrinks once the rest would take more than `SHARE + TOLERANCE` of the time left. It
+    after a revision on JAX or PyTorch), while there are others. So a machine that slows down during the run is seen
+    within an epoch or two, and the plan shrinks once the rest would take more than `SHARE + TOLERANCE` of the time left. It
     grows, from the second epoch on and until two epochs from the end, where more than a quarter of an epoch (and
-    `TOLERANCE` of the time left) of `SHARE` would go unused: a new plan costs a retrace of the training step on
-    TensorFlow and JAX (the schedule's length is a constant in the traced step).
+    `TOLERANCE` of the time left) of `SHARE` would go unused: on JAX a new plan costs a retrace of the training step,
+    whose schedule holds its length as a constant (recipe.revise_schedule).
     """
     done = sum(steps for steps, _ in epochs)
     left = seconds_left(budget, probe, epochs)

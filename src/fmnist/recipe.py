@@ -31,14 +31,26 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """
 
     def __init__(self, peak: float, total_steps: int, warmup_steps: int, shape: str = "cosine", initial_fraction: float = 0.1):
-        self.peak, self.total_steps, self.warmup_steps = peak, total_steps, warmup_steps
+        self.peak, self.warmup_steps = peak, warmup_steps
         self.shape, self.initial_fraction = shape, initial_fraction
+        # A variable, not a constant, so that a time budget's revised length reaches a training step that TensorFlow
+        # traced already, without tracing it again (revise_schedule)
+        self._total_steps = keras.Variable(total_steps, dtype="float32", trainable=False, name="schedule_total_steps")
+
+    @property
+    def total_steps(self) -> int:
+        return round(float(ops.convert_to_numpy(self._total_steps)))
+
+    @total_steps.setter
+    def total_steps(self, steps: int) -> None:
+        self._total_steps.assign(float(steps))
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
         warmup = max(self.warmup_steps, 1)
         rising = self.peak * (self.initial_fraction + (1 - self.initial_fraction) * step / warmup)
-        progress = ops.clip((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 0.0, 1.0)
+        decaying_steps = ops.maximum(self._total_steps - self.warmup_steps, 1.0)
+        progress = ops.clip((step - self.warmup_steps) / decaying_steps, 0.0, 1.0)
         if self.shape == "cosine":
             falling = self.peak * 0.5 * (1 + ops.cos(math.pi * progress))
         else:
@@ -61,13 +73,19 @@ def learning_rate(config, steps_per_epoch: int):
 
 def revise_schedule(optimizer: keras.optimizers.Optimizer, total_steps: int) -> bool:
     """Lengthen or shorten `optimizer`'s WarmupSchedule to end at `total_steps`, keeping its warm-up (a time budget's
-    revised plan); True where it changed: the model's training step must then be traced again, since on TensorFlow
-    and JAX the schedule's length is a constant in it."""
+    revised plan); True where the model's training step must then be traced again to see it.
+
+    TensorFlow's traced step reads the length from its variable at each step. JAX's compiled step holds it as a
+    constant, since Keras passes only the model's and the optimizer's own variables into it; JAX caches its traces
+    by the step's method, so `make_train_function(force=True)` traces anew only once nothing holds the old step.
+    On PyTorch the step is made again too: an eager one costs nothing to remake, and one that torch.compile
+    compiled may hold the length.
+    """
     schedule = optimizer._learning_rate  # Keras has a public setter for the schedule, and no getter
     if not isinstance(schedule, WarmupSchedule) or schedule.total_steps == total_steps:
         return False
-    optimizer.learning_rate = WarmupSchedule(**{**schedule.get_config(), "total_steps": total_steps})
-    return True
+    schedule.total_steps = total_steps
+    return keras.backend.backend() != "tensorflow"
 
 
 def build_optimizer(config, steps_per_epoch: int) -> keras.optimizers.Optimizer:

@@ -219,7 +219,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
                 config, epoch_steps, progress.epochs = revised, revised.epoch_steps(steps_per_epoch), revised.epochs
                 if recipe.revise_schedule(model.optimizer, config.total_steps(steps_per_epoch)):
                     model.make_train_function(force=True)
-                state["traced"] = [*state["traced"], epoch + 1]
+                    state["traced"] = [*state["traced"], epoch + 1]
             # The history goes first: a kill between the two writes then leaves a row past the checkpoint, which
             # resuming drops, rather than a checkpoint past the history, whose missing row nothing could restore.
             runs.write_csv(run_dir / runs.HISTORY, history)
