@@ -40,8 +40,8 @@ def test_a_budget_without_room_for_one_step_is_refused_with_the_least_that_would
 def test_a_plan_on_course_stands_one_that_would_overrun_shrinks_and_time_freed_grows_it():
     probe = Probe(step_seconds=0.1, validation_seconds=1.0, first_call_seconds=4.0, seconds=6.0)  # epochs of 10 s
 
-    def revised(*epochs, traced=(0,)):
-        return budget.revised_steps(200, probe, 90, list(epochs), planned=17 * 90, traced=traced)
+    def revised(*epochs, traced=(0,), retraces=True):
+        return budget.revised_steps(200, probe, 90, list(epochs), planned=17 * 90, traced=traced, retraces=retraces)
 
     assert steps_within(200, probe, steps_per_epoch=90) == 17 * 90  # the plan: 170 s of epochs in 200 s
     assert revised((90, 14.0)) == 17 * 90  # 10 s and the first call's 4, as timed
@@ -51,6 +51,9 @@ def test_a_plan_on_course_stands_one_that_would_overrun_shrinks_and_time_freed_g
     assert revised((90, 14.0), (90, 13.0)) == 2 * 90 + 11 * 90 + 15
     # 20% faster: 120 s of the 172 left, 34.8 s short of 90% of it; 18 epochs and 75 steps fill it, with a retrace
     assert revised((90, 14.0), (90, 8.0)) == 2 * 90 + 18 * 90 + 75
+    # without one (TensorFlow's step reads the new length from a variable), the first call's 4 s go to training
+    assert revised((90, 14.0), (90, 13.0), retraces=False) == 2 * 90 + 11 * 90 + 46
+    assert revised((90, 14.0), (90, 8.0), retraces=False) == 2 * 90 + 19 * 90 + 25
     assert revised((90, 10.0)) == 17 * 90  # one epoch, whose compiling the probe may have misjudged, grows nothing
     assert revised((90, 14.0), (90, 180.0)) == 2 * 90  # no time left: training ends with the epochs done
     # the pace of the last 3 epochs that did not trace the step (40 s of 30 s timed) predicts the rest

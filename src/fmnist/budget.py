@@ -87,17 +87,18 @@ def steps_within(budget: float, probe: Probe, steps_per_epoch: int) -> int:
 
 
 def revised_steps(budget: float, probe: Probe, steps_per_epoch: int, epochs: list[tuple[int, float]], planned: int,
-                  traced: Collection[int] = (0,)) -> int:  # fmt: skip
+                  traced: Collection[int] = (0,), retraces: bool = True) -> int:  # fmt: skip
     """The training steps in all that fit `budget` now that `epochs` ((steps, seconds) each) have trained: `planned`
     while the rest is on course to end near `SHARE` of the time left, else a new plan for `SHARE` of it.
 
     The epochs to come are predicted at the pace of the last `RECENT_EPOCHS` against the probe's timing, leaving
     out those in `traced`, which traced or compiled the step first (the run's first, the first after a resume or
     after a revision on JAX or PyTorch), while there are others. So a machine that slows down during the run is seen
-    within an epoch or two, and the plan shrinks once the rest would take more than `SHARE + TOLERANCE` of the time left. It
-    grows, from the second epoch on and until two epochs from the end, where more than a quarter of an epoch (and
-    `TOLERANCE` of the time left) of `SHARE` would go unused: on JAX a new plan costs a retrace of the training step,
-    whose schedule holds its length as a constant (recipe.revise_schedule).
+    within an epoch or two, and the plan shrinks once the rest would take more than `SHARE + TOLERANCE` of the time
+    left. It grows, from the second epoch on and until two epochs from the end, where more than a quarter of an epoch
+    (and `TOLERANCE` of the time left) of `SHARE` would go unused. Where a new plan `retraces` the training step (on
+    JAX, whose compiled step holds the schedule's length as a constant: recipe.revise_schedule), the plan counts that
+    in at the time of the probe's first call.
     """
     done = sum(steps for steps, _ in epochs)
     left = seconds_left(budget, probe, epochs)
@@ -109,13 +110,14 @@ def revised_steps(budget: float, probe: Probe, steps_per_epoch: int, epochs: lis
         return pace * (steps * probe.step_seconds + -(-steps // steps_per_epoch) * probe.validation_seconds)
 
     predicted = seconds_for(planned - done)
+    retrace_seconds = probe.first_call_seconds if retraces else 0.0
     if predicted <= (SHARE + TOLERANCE) * left:  # not overrunning: the margin for drift is not half spent
-        worth_a_retrace = max(TOLERANCE * left, seconds_for(steps_per_epoch) / 4, 2 * probe.first_call_seconds)
+        worth_a_revision = max(TOLERANCE * left, seconds_for(steps_per_epoch) / 4, 2 * retrace_seconds)
         # Not within two epochs of the end: 10% of that is less than one epoch's own drift, and a plan grown with 37 s
         # left ended 0.1 s over the budget on PyTorch (BENCHMARKS.md)
-        if len(epochs) < 2 or left < seconds_for(2 * steps_per_epoch) or SHARE * left - predicted < worth_a_retrace:
+        if len(epochs) < 2 or left < seconds_for(2 * steps_per_epoch) or SHARE * left - predicted < worth_a_revision:
             return planned
-    available = (SHARE * left - probe.first_call_seconds) / pace  # in the probe's seconds
+    available = (SHARE * left - retrace_seconds) / pace  # in the probe's seconds
     return done + steps_in(available, probe.step_seconds, probe.validation_seconds, steps_per_epoch)
 
 
@@ -209,12 +211,12 @@ def timed(run, units: int) -> float:
 
 
 def revised_plan(config: TrainConfig, probe: Probe, history: list[dict], traced: list[int],
-                 steps_per_epoch: int, log) -> TrainConfig | None:  # fmt: skip
+                 steps_per_epoch: int, log, retraces: bool = True) -> TrainConfig | None:  # fmt: skip
     """`config` with the steps that now fit its time budget, at the pace of the epochs in `history`; None where its
     plan still fits (revised_steps)."""
     planned = config.total_steps(steps_per_epoch)
     epochs = [(row["steps"], row["seconds"]) for row in history]
-    steps = revised_steps(config.time_budget, probe, steps_per_epoch, epochs, planned, traced)
+    steps = revised_steps(config.time_budget, probe, steps_per_epoch, epochs, planned, traced, retraces)
     if steps == planned:
         return None
     left, pace = seconds_left(config.time_budget, probe, epochs), pace_of(probe, epochs, traced)

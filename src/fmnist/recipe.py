@@ -85,6 +85,11 @@ def revise_schedule(optimizer: keras.optimizers.Optimizer, total_steps: int) -> 
     if not isinstance(schedule, WarmupSchedule) or schedule.total_steps == total_steps:
         return False
     schedule.total_steps = total_steps
+    return revision_retraces()
+
+
+def revision_retraces() -> bool:
+    """Whether the training step is traced again after revise_schedule (see there): on every backend but TensorFlow."""
     return keras.backend.backend() != "tensorflow"
 
 

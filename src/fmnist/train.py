@@ -214,7 +214,8 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
                     state = track_best(checkpoint_dir, model, state, row["val_accuracy"], config.early_stopping_patience)
             seconds_since_checkpoint += seconds
             revised = (probe and epoch + 1 < len(epoch_steps) and not state.get("stopped_early")
-                       and budget.revised_plan(config, probe, history, state["traced"], steps_per_epoch, log))  # fmt: skip
+                       and budget.revised_plan(config, probe, history, state["traced"], steps_per_epoch, log,
+                                               recipe.revision_retraces()))  # fmt: skip
             if revised:
                 config, epoch_steps, progress.epochs = revised, revised.epoch_steps(steps_per_epoch), revised.epochs
                 if recipe.revise_schedule(model.optimizer, config.total_steps(steps_per_epoch)):
