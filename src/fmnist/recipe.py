@@ -285,7 +285,10 @@ def jit_compile(name: str) -> bool | str:
         # torch.compile traces Keras' layers one call at a time, so the same functions see every layer's
         # shapes; PyTorch 2.13 then marks those shapes dynamic and its inductor fails on them ("cannot
         # determine truth value of Relational"). Static shapes, compiled once per layer's shape, train.
-        torch._dynamo.config.automatic_dynamic_shapes = False
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 1024)
+        config = torch._dynamo.config
+        config.automatic_dynamic_shapes = False
+        # PyTorch 2.4-2.6 name the limits after the cache; 2.7 renamed them and keeps the old names as aliases
+        prefix = "recompile" if hasattr(config, "recompile_limit") else "cache_size"
+        for name, least in ((f"{prefix}_limit", 64), (f"accumulated_{prefix}_limit", 1024)):
+            setattr(config, name, max(getattr(config, name), least))
     return value
