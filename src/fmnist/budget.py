@@ -97,8 +97,8 @@ def revised_steps(budget: float, probe: Probe, steps_per_epoch: int, epochs: lis
     within an epoch or two, and the plan shrinks once the rest would take more than `SHARE + TOLERANCE` of the time
     left. It grows, from the second epoch on and until two epochs from the end, where more than a quarter of an epoch
     (and `TOLERANCE` of the time left) of `SHARE` would go unused. Where a new plan `retraces` the training step (on
-    JAX, whose compiled step holds the schedule's length as a constant: recipe.revise_schedule), the plan counts that
-    in at the time of the probe's first call.
+    JAX, whose compiled step holds the schedule's length as a constant, and on PyTorch: recipe.revise_schedule), the
+    plan counts that in at the time of the probe's first call.
     """
     done = sum(steps for steps, _ in epochs)
     left = seconds_left(budget, probe, epochs)
