@@ -31,14 +31,12 @@ def commands_keep_their_temporary_files_here(tmp_path_factory):
     writes the modules its autograph makes to the temporary folder and removes them only at a normal exit, so each
     command a test kills on purpose left a few in /tmp. PyTorch's compiled kernels stay where they were (torch's default
     under the temporary folder), so that a later session finds them: compiling anew doubled a torch.compile test."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}"))
-    previous = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("commands-tmp"))
-    yield
-    if previous is None:
-        os.environ.pop("TMPDIR", None)
-    else:
-        os.environ["TMPDIR"] = previous
+    with pytest.MonkeyPatch.context() as environment:
+        if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+            inductor_cache = os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
+            environment.setenv("TORCHINDUCTOR_CACHE_DIR", inductor_cache)
+        environment.setenv("TMPDIR", str(tmp_path_factory.mktemp("commands-tmp")))
+        yield
 
 
 @pytest.fixture(scope="session")
