@@ -23,6 +23,12 @@ def test_steps_fill_the_planned_share_after_the_probe_and_the_first_calls_compil
     assert steps_within(210, probe, steps_per_epoch=90) == 17 * 90 + 80
     assert steps_within(20.5 / 0.9, probe, steps_per_epoch=90) == 90  # 10.5 s: one epoch, too little left for a step
     assert steps_within(15, probe, steps_per_epoch=90) == 25  # 3.5 s: no whole epoch, 25 steps and the validation
+    # 181.75 - 10 - 170 = 1.75 s: 7 steps would train 0.7 s and validate 1 s, an epoch that mostly validates
+    assert steps_within(181.75 / 0.9, probe, steps_per_epoch=90) == 17 * 90
+    # such an epoch alone is planned only where the run would train nothing else
+    assert budget.steps_in(1.75, 0.1, 1.0, steps_per_epoch=90) == 7
+    assert budget.steps_in(1.75, 0.1, 1.0, steps_per_epoch=90, trained=90) == 0
+    assert budget.steps_in(2.0, 0.1, 1.0, steps_per_epoch=90, trained=90) == 10  # 1 s of training, 1 s of validation
     assert budget.describe_steps(17 * 90, 90) == "17 epochs" and budget.describe_steps(90, 90) == "1 epoch"
     assert budget.describe_steps(17 * 90 + 80, 90) == "17 epochs and 80 of the 90 steps of one more, 1610 steps"
 
@@ -57,7 +63,8 @@ def test_a_plan_on_course_stands_one_that_would_overrun_shrinks_and_time_freed_g
     assert revised((90, 10.0)) == 17 * 90  # one epoch, whose compiling the probe may have misjudged, grows nothing
     assert revised((90, 14.0), (90, 180.0)) == 2 * 90  # no time left: training ends with the epochs done
     # the pace of the last 3 epochs that did not trace the step (40 s of 30 s timed) predicts the rest
-    assert revised((90, 14.0), (90, 10.0), (90, 10.0), (90, 20.0)) == 4 * 90 + 9 * 90 + 5
+    # (and not the 5 steps of one more after them, 0.5 s of training for 1 s of validation)
+    assert revised((90, 14.0), (90, 10.0), (90, 10.0), (90, 20.0)) == 4 * 90 + 9 * 90
     assert revised((90, 14.0), (90, 10.0), (90, 10.0), (90, 9.0), (90, 21.0), traced=(0, 3)) == 5 * 90 + 8 * 90 + 16  # 41 s of 30
     # an epoch that traced the step again after a revision does not read as a slowdown
     assert revised((90, 14.0), (90, 10.0), (90, 14.0), traced=(0, 2)) == 17 * 90

@@ -118,7 +118,7 @@ def revised_steps(budget: float, probe: Probe, steps_per_epoch: int, epochs: lis
         if len(epochs) < 2 or left < seconds_for(2 * steps_per_epoch) or SHARE * left - predicted < worth_a_revision:
             return planned
     available = (SHARE * left - retrace_seconds) / pace  # in the probe's seconds
-    return done + steps_in(available, probe.step_seconds, probe.validation_seconds, steps_per_epoch)
+    return done + steps_in(available, probe.step_seconds, probe.validation_seconds, steps_per_epoch, trained=done)
 
 
 def seconds_left(budget: float, probe: Probe, epochs: list[tuple[int, float]]) -> float:
@@ -136,12 +136,20 @@ def pace_of(probe: Probe, epochs: list[tuple[int, float]], traced: Collection[in
     return sum(seconds for _, seconds in recent) / expected
 
 
-def steps_in(seconds: float, step_seconds: float, validation_seconds: float, steps_per_epoch: int) -> int:
-    """Whole epochs, each with its validation pass, then as many steps of one more as fit `seconds` with its validation."""
+def steps_in(seconds: float, step_seconds: float, validation_seconds: float, steps_per_epoch: int,
+             trained: int = 0) -> int:  # fmt: skip
+    """Whole epochs, each with its validation pass, then as many steps of one more as fit `seconds` with its validation.
+
+    Those steps only where they train for at least as long as the validation takes, or where the run has no other
+    (no whole epoch fits, and none has `trained`): a plan of 32 epochs and 4 steps would have spent 0.5 s training and
+    0.9 s validating its last epoch here.
+    """
     epoch = steps_per_epoch * step_seconds + validation_seconds
     epochs = math.floor(seconds / epoch) if seconds > 0 else 0
     left = seconds - epochs * epoch - validation_seconds  # for the steps of an epoch cut short
     extra = min(math.floor(left / step_seconds), steps_per_epoch - 1) if left > 0 else 0
+    if (epochs or trained) and extra * step_seconds < validation_seconds:
+        extra = 0
     return epochs * steps_per_epoch + extra
 
 
