@@ -126,14 +126,14 @@ def compact_with_ema():
 def fit_with_ema(fits: int, epochs_per_fit: int):
     import keras
 
-    from fmnist.averaging import ema_callbacks
+    from fmnist.averaging import validation_callbacks
 
     keras.utils.set_random_seed(0)
     images, labels = random_examples()
     model = build_model("tiny")
     model.compile(optimizer=build_optimizer(TrainConfig(ema=0.9, learning_rate=1e-2), 8), loss=build_loss(TrainConfig()))
     for _ in range(fits):
-        callbacks = ema_callbacks(model, images) if fits > 1 else []
+        callbacks = validation_callbacks(model, images) if fits > 1 else []
         model.fit(**inputs.fit_arguments((images, labels), 32), epochs=epochs_per_fit, verbose=0, callbacks=callbacks)
     return model
 
@@ -177,12 +177,12 @@ def test_averaged_weights_come_with_batchnorm_statistics_of_their_own():
     """Keras averages the trainable weights only; BatchNorm's statistics are recomputed for the average."""
     import keras
 
-    from fmnist.averaging import averaged_weights, ema_callbacks
+    from fmnist.averaging import averaged_weights, validation_callbacks
 
     keras.utils.set_random_seed(0)
     images, labels = random_examples()
     model = compact_with_ema()
-    model.fit(**inputs.fit_arguments((images, labels), 64), epochs=2, verbose=0, callbacks=ema_callbacks(model, images))
+    model.fit(**inputs.fit_arguments((images, labels), 64), epochs=2, verbose=0, callbacks=validation_callbacks(model, images))
     first = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
     normalised = keras.Model(model.input, first.input)  # what the first BatchNorm sees
     raw_weights, raw_mean = model.get_weights(), as_numpy(first.moving_mean)
@@ -201,7 +201,7 @@ def test_validating_the_average_leaves_training_its_own_batchnorm_statistics():
     """Each epoch's validation recomputes the statistics for the averaged weights, then puts training's back."""
     import keras
 
-    from fmnist.averaging import batchnorm_statistics, ema_callbacks
+    from fmnist.averaging import batchnorm_statistics, validation_callbacks
 
     images, labels = random_examples()
 
@@ -210,13 +210,65 @@ def test_validating_the_average_leaves_training_its_own_batchnorm_statistics():
         model = compact_with_ema()
         validation = (images[:128], labels[:128]) if validate else None
         model.fit(**inputs.fit_arguments((images, labels), 64, validation), epochs=1, verbose=0,
-                  callbacks=ema_callbacks(model, images))  # fmt: skip
+                  callbacks=validation_callbacks(model, images))  # fmt: skip
         return [as_numpy(variable) for variable in batchnorm_statistics(model)]
 
     validated, not_validated = statistics_after_one_epoch(True), statistics_after_one_epoch(False)
     assert len(validated) == 2 * 5  # compact's five BatchNorm layers, mean and variance each
     for after_validation, without in zip(validated, not_validated, strict=True):
         np.testing.assert_allclose(after_validation, without, rtol=1e-5, atol=1e-6)
+
+
+def test_batchnorm_statistics_settle_after_the_steps_their_momentum_needs():
+    from fmnist.averaging import SETTLED_SHARE, settling_steps
+
+    assert settling_steps(build_model("compact")) == 88  # 0.9 ** 88 is just under 1e-4 of the start left
+    assert 0.9**88 < SETTLED_SHARE < 0.9**87
+    assert settling_steps(build_model("tiny")) == 0  # no BatchNorm
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.1])  # settling_steps: 88, more than the 4 steps trained; 4, as many
+def test_a_short_run_validates_on_batchnorm_statistics_recomputed_for_it(momentum):
+    """After fewer steps than the statistics need to settle, validation recomputes them (and training keeps them, as
+    no training step reads them); after as many, they are left as training made them."""
+    import keras
+
+    from fmnist.averaging import batchnorm_layers, batchnorm_statistics, recompute_batchnorm_statistics, validation_callbacks
+
+    images, labels = random_examples()
+
+    def fit(validate: bool) -> keras.Model:
+        keras.utils.set_random_seed(0)
+        model = build_model("compact")
+        for layer in batchnorm_layers(model):
+            layer.momentum = momentum
+        model.compile(optimizer=build_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.1), 4),
+                      loss=build_loss(TrainConfig()))  # fmt: skip
+        validation = (images[:128], labels[:128]) if validate else None
+        model.fit(**inputs.fit_arguments((images, labels), 64, validation), epochs=1, verbose=0,
+                  callbacks=validation_callbacks(model, images))  # fmt: skip
+        return model
+
+    validated, not_validated = fit(True), fit(False)
+    for mine, plain in zip(validated.trainable_weights, not_validated.trainable_weights, strict=True):
+        np.testing.assert_array_equal(as_numpy(mine), as_numpy(plain))  # the same training
+    statistics = [as_numpy(variable) for variable in batchnorm_statistics(validated)]
+    recompute_batchnorm_statistics(not_validated, images)
+    recomputed = [as_numpy(variable) for variable in batchnorm_statistics(not_validated)]
+    matches = [np.allclose(mine, expected, rtol=1e-4, atol=1e-6) for mine, expected in zip(statistics, recomputed, strict=True)]
+    assert all(matches) if momentum == 0.9 else not any(matches)
+
+
+def test_a_short_run_ends_with_batchnorm_statistics_fit_for_inference(tmp_path, dataset):
+    """22 steps of `best` on 3,000 images: with the moving statistics as they were, it validated 0.11 (chance)."""
+    from fmnist.config import preset
+    from fmnist.train import train
+
+    config = dataclasses.replace(preset("best"), time_budget=0.0, epochs=2, train_subset=3000, tta=False, tta_shift=0)
+    lines = []
+    metrics = train(config, tmp_path / "run", data=dataset, log=lines.append)
+    assert any("are recomputed from 2,700 training images" in line for line in lines)
+    assert metrics["val_accuracy"] > 0.6 and metrics["test_accuracy"] > 0.6
 
 
 def test_recomputing_batchnorm_statistics_leaves_the_augmentation_random_state_alone():

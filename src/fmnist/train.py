@@ -141,7 +141,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
     targets = mixing.training_targets(y_train, len(data.class_names), config)
     validation_targets = None if validation is None else (
         validation[0], mixing.training_targets(validation[1], len(data.class_names), config))
-    statistics_images = x_train[: averaging.STATISTICS_IMAGES]  # BatchNorm statistics for averaged weights
+    statistics_images = x_train[: averaging.STATISTICS_IMAGES]  # BatchNorm statistics for averaged weights, short runs
     steps_per_epoch = whole_epoch_steps(len(x_train), config.batch_size, config.drop_remainder)
     if not steps_per_epoch:
         raise ValueError(f"drop_remainder leaves no step: {len(x_train)} training images do not fill one batch of "
@@ -175,6 +175,11 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
         recipe.revise_schedule(model.optimizer, config.total_steps(steps_per_epoch))
         if "traced" in state:
             state["traced"] = [*state["traced"], state["epochs_done"]]
+    total_steps, settling_steps = config.total_steps(steps_per_epoch), averaging.settling_steps(model)
+    if total_steps < settling_steps and not averaging.uses_ema(model):
+        log(f"note: {total_steps} training steps are too few for BatchNorm's moving statistics to forget their start "
+            f"(that takes {settling_steps}); they are recomputed from {len(statistics_images):,} training images for "
+            "each validation and for the final model")  # fmt: skip
     probe = budget.Probe(**state["probe"]) if "probe" in state else None
     history = runs.read_csv(run_dir / runs.HISTORY)[: state["epochs_done"]]
     progress = EpochProgress(len(epoch_steps), steps_per_epoch, interactive=sys.stdout.isatty(), log=log)
@@ -198,7 +203,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
             result = model.fit(
                 **inputs.fit_arguments((epoch_images, epoch_targets), config.batch_size, validation_targets,
                                        evaluate.PREDICT_BATCH_SIZE),
-                epochs=1, verbose=0, callbacks=[progress, stop, *averaging.ema_callbacks(model, statistics_images)],
+                epochs=1, verbose=0, callbacks=[progress, stop, *averaging.validation_callbacks(model, statistics_images)],
             )  # fmt: skip
             if stop.requested:  # the epoch may be unfinished: it is dropped
                 raise interrupted(f"during epoch {epoch + 1}")
@@ -243,6 +248,7 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
         model.set_weights(runs.load_keras_file(checkpoint_dir / BEST_MODEL).get_weights())
     else:
         averaging.adopt_averaged_weights(model, statistics_images)
+        averaging.settle_batchnorm_statistics(model, statistics_images)
     metrics = finish(run_dir, config, model, data, history, state, validation, len(x_train), epoch_steps, log)
     if report:
         log(f"writing the analysis report to {run_dir / 'report.html'}")
