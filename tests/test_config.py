@@ -92,8 +92,8 @@ def test_presets_are_valid_and_flags_override_them():
     assert (preset("best").tta_shift, plain.tta, plain.tta_shift) == (1, False, 0)
     with pytest.raises(ValueError, match="turn on tta"):
         resolve_config(build_parser().parse_args(["train", "--preset", "best", "--no-tta", "--tta-shift", "1"]))
-    # best_bf16 is best in bfloat16, sized to the same 15 minutes; --epochs beside it trains that many instead
-    assert preset("best_bf16") == dataclasses.replace(preset("best"), mixed_precision=True)
+    # best_bf16 is best in bfloat16 at batch 512, sized to the same 15 minutes; --epochs beside it trains that many instead
+    assert preset("best_bf16") == dataclasses.replace(preset("best"), mixed_precision=True, batch_size=512)
     former = ["train", "--preset", "best_bf16", "--optimizer", "sgd", "--epochs", "26"]  # its former recipe (config.py)
     assert resolve_config(build_parser().parse_args(former)).time_budget == 0
     with pytest.raises(ValueError, match="give one of them"):

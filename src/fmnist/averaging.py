@@ -93,13 +93,11 @@ def settling_steps(model: keras.Model) -> int:
     return max((math.ceil(math.log(SETTLED_SHARE) / math.log(momentum)) for momentum in momenta), default=0)
 
 
-def settle_batchnorm_statistics(model: keras.Model, images) -> bool:
-    """Recompute (and keep) BatchNorm's statistics if the model has trained too few steps for its moving ones, and say
-    whether it did. Nothing with EMA, whose averaged weights have their statistics recomputed wherever they are used."""
-    if uses_ema(model) or int(ops.convert_to_numpy(model.optimizer.iterations)) >= settling_steps(model):
-        return False
-    recompute_batchnorm_statistics(model, images)
-    return True
+def settle_batchnorm_statistics(model: keras.Model, images) -> None:
+    """Recompute (and keep) BatchNorm's statistics if the model has trained too few steps for its moving ones. Nothing
+    with EMA, whose averaged weights have their statistics recomputed wherever they are used."""
+    if not uses_ema(model) and int(ops.convert_to_numpy(model.optimizer.iterations)) < settling_steps(model):
+        recompute_batchnorm_statistics(model, images)
 
 
 def without_gradients():
