@@ -3,7 +3,7 @@
     callbacks = validation_callbacks(model, statistics_images)  # validate on the averaged weights
     with averaged_weights(model, statistics_images): ...         # the averaged model inside the block
     adopt_averaged_weights(model, statistics_images)             # for good, at the end
-    settle_batchnorm_statistics(model, statistics_images)        # a short run's statistics, at the end
+    settle_batchnorm_statistics(model, statistics_images)        # a short run's statistics, without validation
 
 Keras keeps the moving average in the optimizer (`use_ema`, set by `recipe.build_optimizer`, whose
 optimizers warm its momentum up: `recipe.WarmedUpAverage`) and averages the trainable weights only.
@@ -17,8 +17,8 @@ training images.
 The same recomputation serves runs too short for the moving statistics to forget where they start
 (mean 0, variance 1): a BatchNorm momentum of 0.9 leaves 0.9 ** t of the start after t steps, and a
 `best` run of 22 steps validated 0.11, at chance, where statistics recomputed for it gave 0.81. Until a
-run has trained `settling_steps` (88 steps at 0.9), they are recomputed before each validation and at
-the end, and kept: the moving statistics never enter a training step, so the weights train the same.
+run has trained `settling_steps` (88 steps at 0.9), they are recomputed before each validation (or at
+the end of a run without one), and kept: no training step reads them, so the weights train the same.
 """
 
 from __future__ import annotations

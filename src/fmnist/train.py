@@ -248,7 +248,8 @@ def train_locked(config: TrainConfig, run_dir: Path, data: Dataset, log, report:
         model.set_weights(runs.load_keras_file(checkpoint_dir / BEST_MODEL).get_weights())
     else:
         averaging.adopt_averaged_weights(model, statistics_images)
-        averaging.settle_batchnorm_statistics(model, statistics_images)
+        if validation is None:  # else the last epoch's validation settled them for these very weights
+            averaging.settle_batchnorm_statistics(model, statistics_images)
     metrics = finish(run_dir, config, model, data, history, state, validation, len(x_train), epoch_steps, log)
     if report:
         log(f"writing the analysis report to {run_dir / 'report.html'}")
