@@ -89,8 +89,23 @@ def test_chunks_grow_until_one_is_long_enough_and_the_first_calls_extra_time_is_
     per_unit, first_call = seconds_per_unit(run, available=1000, first=8, multiple=4)
     assert calls[0] == 8 and all(units % 4 == 0 for units in calls)
     assert calls[-1] == calls[-2] and calls[-1] * 0.01 >= 0.3 > calls[-3] * 0.01  # the first chunk long enough, twice
-    assert all(later >= 2 * earlier for earlier, later in zip(calls, calls[1:-1], strict=False))  # growing at least twofold
+    assert calls[1] >= calls[0]  # the second chunk sized by the first's time a unit, which compiling inflates
+    assert all(later >= 2 * earlier for earlier, later in zip(calls[1:], calls[2:-1], strict=False))  # then twofold
     assert per_unit == pytest.approx(0.01, rel=0.3)
+    assert first_call == pytest.approx(0.2, abs=0.1)
+
+
+def test_a_first_chunk_long_enough_without_its_compiling_is_not_doubled(monkeypatch):
+    monkeypatch.setattr(budget, "TIMED_SECONDS", 0.3)
+    calls = []
+
+    def run(units):  # 50 ms a unit, 200 ms more on the first call: 8 units take 0.4 s, past TIMED_SECONDS
+        calls.append(units)
+        time.sleep(0.05 * units + (0.2 if len(calls) == 1 else 0.0))
+
+    per_unit, first_call = seconds_per_unit(run, available=1000, first=8, multiple=8)
+    assert calls == [8, 8, 8]  # the first chunk's size timed twice, not 16 (which would take 1.6 s more)
+    assert per_unit == pytest.approx(0.05, rel=0.3)
     assert first_call == pytest.approx(0.2, abs=0.1)
 
 

@@ -191,7 +191,9 @@ def seconds_per_unit(run, available: int, first: int = 1, multiple: int = 1) -> 
 
     After a first chunk of `first` units, chunks grow until one takes `TIMED_SECONDS` or all `available`
     units; that chunk, run twice, sets the time per unit (the faster run), and the first's excess over it is
-    the first call's extra time: tracing or compiling.
+    the first call's extra time: tracing or compiling. The second chunk is as long as the first's time per unit
+    says `TIMED_SECONDS` needs, and no shorter than the first; the later ones at least double, so a chunk whose
+    call has a start-up of its own that the estimate misses is not followed by ever smaller steps up.
     """
 
     def chunk(units: int) -> int:
@@ -200,12 +202,16 @@ def seconds_per_unit(run, available: int, first: int = 1, multiple: int = 1) -> 
     units = first_units = chunk(first)
     first_seconds = timed(run, units)
     per_unit = first_seconds / units
+    # Not doubled after the first: 16 steps of `compact_wide` at batch 512 take 7.7 s on a Zen 4, and a second chunk
+    # of 32, run twice, took 15 s of the budget more than 16 would have (BENCHMARKS.md, "The probe's second chunk")
+    growth = 1
     while True:
-        units = chunk(max(units * 2, math.ceil(TIMED_SECONDS / per_unit)))
+        units = chunk(max(units * growth, math.ceil(TIMED_SECONDS / per_unit)))
         seconds = timed(run, units)
         per_unit = seconds / units
         if seconds >= TIMED_SECONDS or units == available:
             break
+        growth = 2
     # The same chunk again, and the faster of the two: a stall of a few seconds in the one chunk that sets the
     # estimate (another process, the host of a virtual machine) planned 4 epochs where 10 fitted (BENCHMARKS.md)
     per_unit = min(per_unit, timed(run, units) / units)
