@@ -202,8 +202,8 @@ def seconds_per_unit(run, available: int, first: int = 1, multiple: int = 1) -> 
     units = first_units = chunk(first)
     first_seconds = timed(run, units)
     per_unit = first_seconds / units
-    # Not doubled after the first: 16 steps of `compact_wide` at batch 512 take 7.7 s on a Zen 4, and a second chunk
-    # of 32, run twice, took 15 s of the budget more than 16 would have (BENCHMARKS.md, "The probe's second chunk")
+    # Not doubled after the first: 16 steps of `compact_wide` at batch 512 take 7.1 s on a Zen 4, and a second chunk
+    # of 32, run twice, made its probe 44 s where 16 make it 31 (BENCHMARKS.md, "The probe's second chunk")
     growth = 1
     while True:
         units = chunk(max(units * growth, math.ceil(TIMED_SECONDS / per_unit)))
