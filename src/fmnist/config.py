@@ -30,7 +30,7 @@ class TrainConfig:
     epochs: int = _field(10, "passes over the training split")
     time_budget: float = _field(0.0, "seconds of training to fill on this machine: sets the epochs, and --max-steps, "
                                      "to the steps that fit 90 percent of it (whole epochs, then part of one more), "
-                                     "timed before training by a probe of a few seconds, which counts against it, "
+                                     "timed before training by a probe (some 15-45 s), which counts against it, "
                                      "and revised after each epoch at the pace the epochs run "
                                      "(0: off; --epochs or --max-steps given without it turns a preset's or config's "
                                      "budget off)")
